@@ -1,0 +1,60 @@
+"""edgekit: take a trained PyTorch, Keras or ONNX model to edge devices.
+
+Public API (imports are lazy so that ``import edgekit`` and ``edgekit --help`` stay fast)::
+
+    import edgekit
+    report = edgekit.export("model.onnx", target="onnxruntime", precision="int8",
+                            calibration="calibration_data/digits", output_dir="out")
+    session = edgekit.load("out/model_int8.onnx")
+    outputs = session.run({"input": batch})
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Agreement",
+    "EdgekitError",
+    "ExportReport",
+    "ImageOptions",
+    "Recipe",
+    "__version__",
+    "describe",
+    "export",
+    "load",
+    "load_model",
+    "load_samples",
+]
+
+if TYPE_CHECKING:
+    from edgekit.calibration import ImageOptions, load_samples
+    from edgekit.errors import EdgekitError
+    from edgekit.evaluate import Agreement
+    from edgekit.exporter import ExportReport, export
+    from edgekit.model import describe, load_model
+    from edgekit.recipe import Recipe
+    from edgekit.session import load
+
+_LAZY = {
+    "Agreement": "edgekit.evaluate",
+    "EdgekitError": "edgekit.errors",
+    "ExportReport": "edgekit.exporter",
+    "ImageOptions": "edgekit.calibration",
+    "Recipe": "edgekit.recipe",
+    "describe": "edgekit.model",
+    "export": "edgekit.exporter",
+    "load": "edgekit.session",
+    "load_model": "edgekit.model",
+    "load_samples": "edgekit.calibration",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'edgekit' has no attribute '{name}'")

@@ -1,0 +1,60 @@
+"""What every backend module provides: a Backend object and Sessions that run its artifacts.
+
+Protocols, not base classes: a backend is any object with these attributes. The contract tests
+in ``tests/test_backend_contract.py`` run the same checks against every registered backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from edgekit.model import Feeds, SourceModel, TensorSpec
+from edgekit.recipe import Recipe
+
+
+class Session(Protocol):
+    """A loaded artifact ready to run. ``info`` says what actually runs (runtime, precision)."""
+
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    info: dict[str, Any]
+
+    def run(self, feeds: Feeds) -> list[np.ndarray]: ...
+
+
+@dataclass
+class ExportOutput:
+    """Files a backend wrote into the work directory; ``primary`` is what a session loads."""
+
+    primary: Path
+    files: list[Path]
+    details: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+class Backend(Protocol):
+    name: str
+    #: precisions this backend can produce, in the order the docs list them
+    precisions: tuple[str, ...]
+    #: suffix of the primary artifact file
+    suffix: str
+    #: the pip extra that installs this backend's runtime
+    extra: str
+
+    def export(
+        self,
+        source: SourceModel,
+        recipe: Recipe,
+        calibration: Sequence[Feeds],
+        workdir: Path,
+        stem: str,
+    ) -> ExportOutput: ...
+
+    def open_session(self, path: Path, threads: int | None = None) -> Session: ...
+
+    def versions(self) -> dict[str, str]: ...

@@ -1,0 +1,251 @@
+"""The ``edgekit`` command. Heavy modules are imported inside each subcommand so that
+``edgekit --help`` starts fast and imports no framework."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from edgekit import __version__
+from edgekit.errors import EXIT_CODES, EdgekitError
+
+_EPILOG = "exit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES.items())
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got '{text}'"
+        ) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line on stderr and exit 2, like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from edgekit.recipe import CALIBRATION_METHODS, PRECISIONS
+
+    parser = _Parser(
+        prog="edgekit",
+        description="Convert, quantize and check models for edge backends.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"edgekit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    exp = sub.add_parser(
+        "export",
+        help="convert and quantize a model for a target",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    exp.add_argument("model", help=".onnx, .pt2, .keras, .h5 or SavedModel directory")
+    exp.add_argument("--target", "-t", default="onnxruntime", help="target profile or backend")
+    exp.add_argument("--precision", "-p", choices=PRECISIONS, help="default: the target's")
+    exp.add_argument("-o", "--output-dir", default="edgekit-out", help="default: edgekit-out")
+    exp.add_argument("--name", help="artifact file name stem (default: the model's)")
+    data = exp.add_argument_group("calibration and evaluation data")
+    data.add_argument(
+        "--calibration", help="image folder, .npy/.npz, or 'random' (smoke tests only)"
+    )
+    data.add_argument("--calibration-samples", type=_positive_int, metavar="N")
+    data.add_argument("--calibration-method", choices=CALIBRATION_METHODS)
+    data.add_argument("--percentile", type=float, help="for --calibration-method percentile")
+    data.add_argument(
+        "--eval-data", help="held-out inputs to compare with FP32 (default: rest of calibration)"
+    )
+    data.add_argument("--eval-samples", type=int, metavar="N")
+    data.add_argument("--seed", type=int, help="sampling seed (default 0)")
+    data.add_argument(
+        "--input-shape",
+        action="append",
+        metavar="NAME=DIMS",
+        help="fix a dynamic input, e.g. input=1x3x224x224 (repeatable)",
+    )
+    img = exp.add_argument_group("image preprocessing (image-folder data)")
+    img.add_argument("--layout", choices=("NCHW", "NHWC"))
+    img.add_argument("--color", choices=("rgb", "bgr", "gray"))
+    img.add_argument("--scale", type=float, help="pixel multiplier (default 1/255)")
+    img.add_argument("--mean", type=_floats, help="per-channel mean, e.g. 0.485,0.456,0.406")
+    img.add_argument("--std", type=_floats, help="per-channel std, e.g. 0.229,0.224,0.225")
+    img.add_argument(
+        "--resize", choices=("nearest", "bilinear", "bicubic"), help="default bilinear"
+    )
+    q = exp.add_argument_group("quantization scheme")
+    q.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor")
+    sym = q.add_mutually_exclusive_group()
+    sym.add_argument("--symmetric", action="store_true", help="int8 symmetric activations")
+    sym.add_argument("--asymmetric", action="store_true", help="uint8 asymmetric (default)")
+    q.add_argument("--reduce-range", action="store_true", help="7-bit weights (CPUs w/o VNNI)")
+    q.add_argument("--keep-float", action="append", metavar="NODE", help="node left in float")
+    exp.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    ins = sub.add_parser("inspect", help="show a model's format, I/O, parameters and ops")
+    ins.add_argument("model")
+    ins.add_argument("--json", action="store_true")
+
+    tg = sub.add_parser("targets", help="list target profiles")
+    tg.add_argument("--json", action="store_true")
+    return parser
+
+
+def _recipe_fields(args: argparse.Namespace) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "calibration_samples": args.calibration_samples,
+        "calibration_method": args.calibration_method,
+        "percentile": args.percentile,
+        "eval_samples": args.eval_samples,
+        "seed": args.seed,
+    }
+    if args.per_tensor:
+        fields["per_channel"] = False
+    if args.symmetric or args.asymmetric:
+        fields["activation_symmetric"] = bool(args.symmetric)
+    if args.reduce_range:
+        fields["reduce_range"] = True
+    if args.keep_float:
+        fields["keep_float"] = tuple(args.keep_float)
+    return fields
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from edgekit.calibration import ImageOptions
+    from edgekit.exporter import export
+    from edgekit.model import parse_input_shapes
+
+    image_options = ImageOptions(
+        layout=args.layout,
+        color=args.color,
+        scale=args.scale,
+        mean=args.mean,
+        std=args.std,
+        resize=args.resize,
+    )
+    report = export(
+        args.model,
+        target=args.target,
+        precision=args.precision,
+        output_dir=args.output_dir,
+        calibration=args.calibration,
+        eval_data=args.eval_data,
+        input_shapes=parse_input_shapes(args.input_shape),
+        image_options=image_options,
+        name=args.name,
+        **_recipe_fields(args),
+    )
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+        return 0
+    a = report.agreement
+    top1 = "n/a" if a.top1_agreement is None else f"{a.top1_agreement:.2%}"
+    rows = [
+        ("artifact", str(report.artifact)),
+        ("target", f"{report.target} ({report.backend}), precision {report.recipe.precision}"),
+        (
+            "size",
+            f"{_mib(report.size_bytes)} vs source {_mib(report.source_size_bytes)} "
+            f"({report.size_ratio:.2f}x)",
+        ),
+        ("agreement", f"with the FP32 source on {a.samples} {report.eval_inputs}"),
+        ("  max |diff|", f"{a.max_abs_diff:.4g}"),
+        ("  cosine", f"{a.mean_cosine:.6f}"),
+        ("  top-1", top1),
+        ("sidecar", str(report.sidecar)),
+        ("time", f"{report.seconds:.1f} s"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    for note in report.notes:
+        print(f"note: {note}")
+    for warning in report.warnings:
+        print(f"warning: {warning}")
+    return 0
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.2f} MiB"
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from edgekit.model import describe
+
+    info = describe(args.model)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    print(f"{info['path']}: {info['format']}, {_mib(info['size_bytes'])}")
+    params = info.get("parameters")
+    print(f"parameters: {'unknown' if params is None else f'{params:,}'}")
+    for kind in ("inputs", "outputs"):
+        print(f"{kind}:")
+        for spec in info.get(kind, []):
+            shape = spec.get("shape")
+            dims = "?" if shape is None else "[" + ", ".join(str(d) for d in shape) + "]"
+            print(f"  {spec['name']}: {spec.get('dtype', '?')} {dims}")
+    ops = info.get("ops") or {}
+    if ops:
+        print("ops: " + ", ".join(f"{k} {v}" for k, v in ops.items()))
+    return 0
+
+
+def _cmd_targets(args: argparse.Namespace) -> int:
+    from edgekit.targets import resolve_target, target_names
+
+    targets = [resolve_target(n) for n in target_names()]
+    if args.json:
+        print(json.dumps([t.__dict__ for t in targets], indent=2))
+        return 0
+    for t in targets:
+        print(f"{t.name:<22} {t.backend:<12} {t.default_precision:<6} {t.description}")
+    return 0
+
+
+_COMMANDS = {"export": _cmd_export, "inspect": _cmd_inspect, "targets": _cmd_targets}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return _COMMANDS[args.command](args)
+    except EdgekitError as exc:
+        print(f"edgekit: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("edgekit: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("EDGEKIT_DEBUG"):
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        print(
+            f"edgekit: internal error: {type(exc).__name__}: {first} "
+            "(rerun with EDGEKIT_DEBUG=1 for the traceback and report it)",
+            file=sys.stderr,
+        )
+        return 1

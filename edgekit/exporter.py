@@ -1,0 +1,245 @@
+"""The export arrow: source model -> backend artifact + sidecar JSON + agreement summary.
+
+Everything is written into a hidden temporary folder inside the output folder and moved into
+place only when the artifact has loaded and run, so a failed or interrupted export leaves no
+half-written artifact behind.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgekit import __version__
+from edgekit.backends import get_backend
+from edgekit.calibration import ImageOptions, load_samples, split_samples
+from edgekit.errors import DataError
+from edgekit.evaluate import Agreement, compare
+from edgekit.model import Feeds, SourceModel, load_model
+from edgekit.progress import progress
+from edgekit.recipe import Recipe
+from edgekit.targets import resolve_target
+
+SIDECAR_SUFFIX = ".edgekit.json"
+SIDECAR_SCHEMA_VERSION = 1
+# Frameworks whose versions go into the sidecar when they took part in an export.
+_TOOL_PACKAGES = {
+    "torch": "torch",
+    "tensorflow": "tensorflow-cpu",
+    "keras": "keras",
+    "tf2onnx": "tf2onnx",
+    "onnxconverter_common": "onnxconverter-common",
+    "onnxscript": "onnxscript",
+    "numpy": "numpy",
+}
+
+
+@dataclass
+class ExportReport:
+    """What an export produced and how closely it follows the FP32 source."""
+
+    artifact: Path
+    sidecar: Path
+    target: str
+    backend: str
+    recipe: Recipe
+    size_bytes: int
+    source_size_bytes: int
+    agreement: Agreement
+    eval_inputs: str
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def size_ratio(self) -> float:
+        return self.size_bytes / self.source_size_bytes if self.source_size_bytes else float("nan")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "artifact": str(self.artifact),
+            "sidecar": str(self.sidecar),
+            "target": self.target,
+            "backend": self.backend,
+            "precision": self.recipe.precision,
+            "size_bytes": self.size_bytes,
+            "source_size_bytes": self.source_size_bytes,
+            "size_ratio": round(self.size_ratio, 4),
+            "agreement": self.agreement.to_json(),
+            "eval_inputs": self.eval_inputs,
+            "seconds": round(self.seconds, 2),
+            "warnings": self.warnings,
+            "notes": self.notes,
+        }
+
+
+def _tool_versions() -> dict[str, str]:
+    found = {}
+    for module, dist in _TOOL_PACKAGES.items():
+        if module in sys.modules:
+            try:
+                found[dist] = importlib.metadata.version(dist)
+            except importlib.metadata.PackageNotFoundError:
+                continue
+    return found
+
+
+def _data(
+    source: SourceModel,
+    recipe: Recipe,
+    calibration: Any,
+    eval_data: Any,
+    image_options: ImageOptions | None,
+) -> tuple[list[Feeds], list[Feeds], str]:
+    """Calibration samples and disjoint held-out evaluation samples, validated up front."""
+    calib: list[Feeds] = []
+    held: list[Feeds] = []
+    if calibration is not None:
+        wanted = recipe.calibration_samples + (0 if eval_data is not None else recipe.eval_samples)
+        samples = load_samples(
+            calibration, source.inputs, image_options=image_options, limit=wanted, seed=recipe.seed
+        )
+        calib, held = split_samples(
+            samples, recipe.calibration_samples, recipe.eval_samples, seed=recipe.seed
+        )
+    elif recipe.needs_calibration:
+        raise DataError(
+            f"precision {recipe.precision} needs calibration data: pass --calibration PATH "
+            "(image folder, .npy or .npz) or --calibration random for a smoke test only"
+        )
+    described = "held-out calibration samples"
+    if eval_data is not None:
+        held = load_samples(
+            eval_data,
+            source.inputs,
+            image_options=image_options,
+            limit=recipe.eval_samples,
+            seed=recipe.seed,
+        )
+        described = "evaluation samples"
+    if not held and recipe.eval_samples:
+        held = load_samples(
+            "random", source.inputs, limit=min(recipe.eval_samples, 16), seed=recipe.seed + 1
+        )
+        described = "random inputs (pass --eval-data or more calibration data for real ones)"
+    if calibration == "random":
+        described = "random inputs"
+    return calib, held, described
+
+
+def _atomic_json(path: Path, payload: Mapping[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(payload, fh, indent=2, default=str)
+        fh.write("\n")
+    # mkstemp creates 0600; a sidecar is as public as the artifact next to it.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
+def export(
+    model: Any,
+    target: str = "onnxruntime",
+    precision: str | None = None,
+    *,
+    output_dir: str | Path = "edgekit-out",
+    calibration: Any = None,
+    eval_data: Any = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    example_inputs: Sequence[Any] | None = None,
+    image_options: ImageOptions | None = None,
+    name: str | None = None,
+    **recipe_fields: Any,
+) -> ExportReport:
+    """Export ``model`` for ``target`` at ``precision`` and compare it with the FP32 source.
+
+    ``model`` is a path (.onnx, .pt2, .keras, .h5, SavedModel dir) or an in-memory
+    ``torch.nn.Module`` (with ``example_inputs``), ``keras.Model`` or ``onnx.ModelProto``.
+    ``calibration``/``eval_data`` are an image folder, a .npy/.npz path, an iterable of feed
+    dicts, or ``"random"``. Extra keyword arguments are :class:`~edgekit.recipe.Recipe` fields.
+    """
+    started = time.perf_counter()
+    tgt = resolve_target(target)
+    backend = get_backend(tgt.backend)
+    recipe = (
+        Recipe()
+        .updated(**tgt.recipe)
+        .updated(precision=precision or tgt.default_precision, **recipe_fields)
+        .validate(backend.precisions)
+    )
+    source = load_model(model, input_shapes, example_inputs)
+    calib, held, eval_desc = _data(source, recipe, calibration, eval_data, image_options)
+
+    out_dir = Path(output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{name or source.name}_{recipe.precision}"
+    workdir = Path(tempfile.mkdtemp(dir=out_dir, prefix=".edgekit-tmp-"))
+    try:
+        result = backend.export(source, recipe, calib, workdir, stem)
+        session = backend.open_session(result.primary)
+        reference = [source.run(f) for f in progress(held, desc="reference")]
+        candidate = [session.run(f) for f in progress(held, desc="exported")]
+        agreement = compare(reference, candidate)
+        size = sum(f.stat().st_size for f in result.files)
+        # In-memory models have no file: their FP32 ONNX form stands in as the source size.
+        fp32_onnx = workdir / "source.fp32.onnx"
+        source_size = source.size_bytes or (fp32_onnx.stat().st_size if fp32_onnx.exists() else 0)
+        final_files = [out_dir / f.name for f in result.files]
+        artifact = out_dir / result.primary.name
+        sidecar = out_dir / f"{result.primary.name}{SIDECAR_SUFFIX}"
+        payload = {
+            "schema_version": SIDECAR_SCHEMA_VERSION,
+            "edgekit_version": __version__,
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "source": {
+                "path": str(source.path) if source.path else None,
+                "format": source.format,
+                "sha256": source.sha256 or None,
+                "size_bytes": source_size,
+            },
+            "target": tgt.name,
+            "backend": backend.name,
+            "recipe": recipe.to_json(),
+            "tools": {**_tool_versions(), **backend.versions()},
+            "inputs": [s.to_json() for s in session.inputs],
+            "outputs": [s.to_json() for s in session.outputs],
+            "artifact": {"files": [f.name for f in final_files], "size_bytes": size},
+            "backend_details": result.details,
+            "agreement": {**agreement.to_json(), "inputs": eval_desc},
+            "runtime": session.info,
+            "warnings": result.warnings,
+            "notes": source.notes,
+        }
+        _atomic_json(workdir / sidecar.name, payload)
+        # The artifact goes in before its sidecar: a sidecar never describes a missing file.
+        for f in result.files:
+            os.replace(f, out_dir / f.name)
+        os.replace(workdir / sidecar.name, sidecar)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return ExportReport(
+        artifact=artifact,
+        sidecar=sidecar,
+        target=tgt.name,
+        backend=backend.name,
+        recipe=recipe,
+        size_bytes=size,
+        source_size_bytes=source_size,
+        agreement=agreement,
+        eval_inputs=eval_desc,
+        seconds=time.perf_counter() - started,
+        warnings=result.warnings,
+        notes=source.notes,
+    )

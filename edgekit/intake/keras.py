@@ -1,0 +1,223 @@
+"""Keras 3 (``.keras``, ``.h5``) and TensorFlow SavedModel intake; bridge to ONNX via tf2onnx.
+
+``.keras`` files load with ``safe_mode=True``: a Lambda layer's pickled Python code is refused,
+so opening an untrusted model file cannot run code.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import ConversionError, ModelFormatError, UsageError, require
+from edgekit.model import Feeds, SourceModel, TensorSpec, fix_shapes
+
+OPSET = 17
+
+
+def _tf() -> Any:
+    # TensorFlow's C++ start-up logging is noise for our users.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    return require("tensorflow", "tensorflow")
+
+
+def _keras() -> Any:
+    _tf()
+    return require("keras", "tensorflow")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
+
+
+def _load_keras(path: Path) -> Any:
+    keras = _keras()
+    try:
+        return keras.saving.load_model(str(path), compile=False, safe_mode=True)
+    except ValueError as exc:
+        if "safe_mode" in str(exc) or "lambda" in str(exc).lower():
+            raise ModelFormatError(
+                f"{path.name} contains a Lambda layer with Python code, which edgekit does not "
+                "run from a file; rebuild the model without Lambda layers"
+            ) from exc
+        raise ModelFormatError(
+            f"{path.name} is not a loadable Keras model: {_first_line(exc)}"
+        ) from exc
+    except Exception as exc:
+        raise ModelFormatError(
+            f"{path.name} is not a loadable Keras model (truncated or corrupt?): {_first_line(exc)}"
+        ) from exc
+
+
+def _keras_specs(model: Any) -> tuple[list[TensorSpec], list[str]]:
+    inputs = [
+        TensorSpec(
+            t.name,
+            str(getattr(t.dtype, "name", t.dtype)),
+            tuple("?" if d is None else int(d) for d in t.shape),
+        )
+        for t in model.inputs
+    ]
+    out_names = list(getattr(model, "output_names", None) or [])
+    if len(out_names) != len(model.outputs):
+        out_names = [f"output_{i}" for i in range(len(model.outputs))]
+    return inputs, out_names
+
+
+def _to_numpy_list(out: Any) -> list[np.ndarray]:
+    if isinstance(out, Mapping):
+        return [np.asarray(v) for v in out.values()]
+    if isinstance(out, list | tuple):
+        return [np.asarray(v) for v in out]
+    return [np.asarray(out)]
+
+
+def _build(
+    fmt: str,
+    handle: Any,
+    call: Callable[[list[Any]], Any],
+    raw_inputs: list[TensorSpec],
+    out_names: list[str],
+    overrides: Mapping[str, Sequence[int]],
+) -> SourceModel:
+    tf = _tf()
+    notes: list[str] = []
+    inputs = fix_shapes(raw_inputs, overrides, notes)
+    names = [s.name for s in inputs]
+
+    def run(feeds: Feeds) -> list[np.ndarray]:
+        return _to_numpy_list(call([tf.constant(feeds[n]) for n in names]))
+
+    probe = run({s.name: np.zeros(s.shape, dtype=s.dtype) for s in inputs})
+    outputs = [
+        TensorSpec(n, a.dtype.name, tuple(a.shape)) for n, a in zip(out_names, probe, strict=True)
+    ]
+
+    def to_onnx(dst: Path) -> None:
+        tf2onnx = require("tf2onnx", "tensorflow")
+        spec = [tf.TensorSpec(s.shape, s.dtype, name=s.name) for s in inputs]
+
+        @tf.function(input_signature=spec)
+        def fn(*args: Any) -> dict[str, Any]:
+            outs = _to_tensor_list(call(list(args)))
+            return dict(zip(out_names, outs, strict=True))
+
+        try:
+            tf2onnx.convert.from_function(
+                fn, input_signature=spec, opset=OPSET, output_path=str(dst)
+            )
+        except Exception as exc:
+            raise ConversionError(
+                f"tf2onnx could not convert the model: {_first_line(exc)}"
+            ) from exc
+
+    return SourceModel(
+        format=fmt,
+        inputs=inputs,
+        outputs=outputs,
+        handle=handle,
+        run=run,
+        to_onnx=to_onnx,
+        notes=notes,
+    )
+
+
+def _to_tensor_list(out: Any) -> list[Any]:
+    if isinstance(out, Mapping):
+        return list(out.values())
+    if isinstance(out, list | tuple):
+        return list(out)
+    return [out]
+
+
+def _from_keras(model: Any, overrides: Mapping[str, Sequence[int]]) -> SourceModel:
+    if not getattr(model, "inputs", None):
+        raise UsageError("the Keras model has no defined inputs; build it (model.build) first")
+    inputs, out_names = _keras_specs(model)
+
+    def call(args: list[Any]) -> Any:
+        return model(args[0] if len(args) == 1 else args, training=False)
+
+    return _build("keras", model, call, inputs, out_names, overrides)
+
+
+def _load_savedmodel(path: Path) -> tuple[Any, Any]:
+    tf = _tf()
+    try:
+        loaded = tf.saved_model.load(str(path))
+    except Exception as exc:
+        raise ModelFormatError(
+            f"{path} is not a loadable SavedModel (corrupt or incomplete?): {_first_line(exc)}"
+        ) from exc
+    sig = loaded.signatures.get("serving_default")
+    if sig is None:
+        raise ModelFormatError(
+            f"{path} has no 'serving_default' signature; re-save it with model.export(path)"
+        )
+    return loaded, sig
+
+
+def _savedmodel_specs(sig: Any) -> tuple[list[TensorSpec], list[str]]:
+    kwargs = sig.structured_input_signature[1]
+    inputs = [
+        TensorSpec(
+            name,
+            spec.dtype.name,
+            tuple("?" if d is None else int(d) for d in spec.shape.as_list()),
+        )
+        for name, spec in kwargs.items()
+    ]
+    return inputs, list(sig.structured_outputs)
+
+
+def load(path: Path, overrides: Mapping[str, Sequence[int]]) -> SourceModel:
+    if path.is_dir():
+        loaded, sig = _load_savedmodel(path)
+        inputs, out_names = _savedmodel_specs(sig)
+        names = [s.name for s in inputs]
+
+        def call(args: list[Any]) -> Any:
+            outs = sig(**dict(zip(names, args, strict=True)))
+            return [outs[n] for n in out_names]
+
+        return _build("savedmodel", loaded, call, inputs, out_names, overrides)
+    return _from_keras(_load_keras(path), overrides)
+
+
+def from_object(
+    obj: Any, overrides: Mapping[str, Sequence[int]], example_inputs: Sequence[Any] | None
+) -> SourceModel:
+    if example_inputs is not None:
+        raise UsageError("example_inputs is for PyTorch modules; for Keras use input_shapes")
+    return _from_keras(obj, overrides)
+
+
+def describe(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        loaded, sig = _load_savedmodel(path)
+        inputs, out_names = _savedmodel_specs(sig)
+        params = sum(int(np.prod(v.shape)) for v in getattr(loaded, "variables", []))
+        return {
+            "inputs": [s.to_json() for s in inputs],
+            "outputs": [{"name": n} for n in out_names],
+            "parameters": params,
+            "ops": {},
+        }
+    model = _load_keras(path)
+    inputs, out_names = _keras_specs(model)
+    layers: Counter[str] = Counter(type(layer).__name__ for layer in model.layers)
+    return {
+        "inputs": [s.to_json() for s in inputs],
+        "outputs": [
+            {"name": n, "shape": ["?" if d is None else d for d in t.shape]}
+            for n, t in zip(out_names, model.outputs, strict=True)
+        ],
+        "parameters": int(model.count_params()),
+        "ops": dict(layers.most_common()),
+    }

@@ -1,0 +1,160 @@
+"""ONNX intake: load (with external data), fix dynamic input shapes, reference-run in ORT."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import ModelFormatError, UsageError
+from edgekit.model import Feeds, SourceModel, TensorSpec, fix_shapes
+
+
+def _onnx_dtype(elem_type: int) -> str:
+    import onnx
+
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).name
+    except (KeyError, TypeError, ValueError):
+        return onnx.TensorProto.DataType.Name(elem_type).lower()
+
+
+def value_specs(values: Sequence[Any]) -> list[TensorSpec]:
+    """TensorSpecs of ONNX ValueInfos; dynamic dims keep their symbolic name (or '?')."""
+    specs = []
+    for v in values:
+        dims: list[int | str] = []
+        for d in v.type.tensor_type.shape.dim:
+            dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?"))
+        specs.append(TensorSpec(v.name, _onnx_dtype(v.type.tensor_type.elem_type), tuple(dims)))
+    return specs
+
+
+def _read(path: Path) -> Any:
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise ModelFormatError(
+            f"{path.name} is not a valid ONNX file (truncated or corrupt?): re-export it"
+        ) from exc
+    if not model.graph.node and not model.graph.output:
+        raise ModelFormatError(f"{path.name} holds no ONNX graph (empty or not an ONNX file)")
+    try:
+        onnx.load_external_data_for_model(model, str(path.parent))
+    except Exception as exc:  # OSError, or onnx's ValidationError for a missing file
+        raise ModelFormatError(
+            f"{path.name}: external data missing or unreadable "
+            f"({str(exc).splitlines()[0][:200]}); keep the .onnx next to its data files"
+        ) from exc
+    return model
+
+
+def _graph_inputs(model: Any) -> list[TensorSpec]:
+    init_names = {t.name for t in model.graph.initializer}
+    return value_specs([i for i in model.graph.input if i.name not in init_names])
+
+
+def _build(model: Any, overrides: Mapping[str, Sequence[int]]) -> SourceModel:
+    import onnx
+
+    notes: list[str] = []
+    raw_inputs = _graph_inputs(model)
+    inputs = fix_shapes(raw_inputs, overrides, notes)
+    for before, after in zip(raw_inputs, inputs, strict=True):
+        if before.shape != after.shape:
+            _set_input_shape(model, after)
+    if any(b.shape != a.shape for b, a in zip(raw_inputs, inputs, strict=True)):
+        # Output shapes declared by the exporter may be stale or wrong; let inference redo them.
+        for out in model.graph.output:
+            out.type.tensor_type.ClearField("shape")
+        del model.graph.value_info[:]
+        try:
+            model = onnx.shape_inference.infer_shapes(model)
+        except Exception as exc:
+            raise ModelFormatError(
+                f"shape inference failed with the fixed input shapes: {str(exc)[:200]}"
+            ) from exc
+    data = model.SerializeToString() if model.ByteSize() < (1 << 31) - 1 else None
+    if data is None:
+        raise ModelFormatError("models over 2 GB are not supported yet")
+    session = None
+
+    def run(feeds: Feeds) -> list[np.ndarray]:
+        nonlocal session
+        if session is None:
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 3
+            session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        return list(session.run(None, dict(feeds)))
+
+    def to_onnx(dst: Path) -> None:
+        dst.write_bytes(data)
+
+    return SourceModel(
+        format="onnx",
+        inputs=inputs,
+        outputs=value_specs(model.graph.output),
+        handle=model,
+        run=run,
+        to_onnx=to_onnx,
+        notes=notes,
+    )
+
+
+def _set_input_shape(model: Any, spec: TensorSpec) -> None:
+    for value in model.graph.input:
+        if value.name == spec.name:
+            dims = value.type.tensor_type.shape.dim
+            for dim, size in zip(dims, spec.shape, strict=True):
+                dim.Clear()
+                dim.dim_value = int(size)
+
+
+def load(path: Path, overrides: Mapping[str, Sequence[int]]) -> SourceModel:
+    return _build(_read(path), overrides)
+
+
+def from_object(
+    obj: Any, overrides: Mapping[str, Sequence[int]], example_inputs: Sequence[Any] | None
+) -> SourceModel:
+    if example_inputs is not None:
+        raise UsageError("example_inputs is for PyTorch modules; for ONNX use input_shapes")
+    import onnx
+
+    model = onnx.ModelProto()
+    model.CopyFrom(obj)
+    return _build(model, overrides)
+
+
+def op_histogram(graph: Any) -> Counter[str]:
+    """Op types in a graph and every subgraph (If/Loop bodies)."""
+    ops: Counter[str] = Counter()
+    for node in graph.node:
+        key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+        ops[key] += 1
+        for attr in node.attribute:
+            if attr.g.node:
+                ops += op_histogram(attr.g)
+            for sub in attr.graphs:
+                ops += op_histogram(sub)
+    return ops
+
+
+def describe(path: Path) -> dict[str, Any]:
+    model = _read(path)
+    params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+    return {
+        "inputs": [s.to_json() for s in _graph_inputs(model)],
+        "outputs": [s.to_json() for s in value_specs(model.graph.output)],
+        "parameters": params,
+        "ops": dict(op_histogram(model.graph).most_common()),
+        "opset": {o.domain or "ai.onnx": o.version for o in model.opset_import},
+        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+    }

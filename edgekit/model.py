@@ -1,0 +1,238 @@
+"""Model and artifact types, format detection, and the intake registry.
+
+A :class:`SourceModel` is a loaded model in its own framework together with what every backend
+needs from it: static input/output specs, an FP32 reference runner, and a bridge to ONNX. Each
+source framework lives in one module under ``edgekit/intake``; this module only dispatches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import ModelFormatError, ModelNotFoundError, UsageError
+
+Feeds = Mapping[str, np.ndarray]
+
+# format name -> intake module. The only place that lists source formats.
+INTAKE: dict[str, str] = {
+    "onnx": "edgekit.intake.onnx",
+    "torch": "edgekit.intake.torch",
+    "keras": "edgekit.intake.keras",
+    "savedmodel": "edgekit.intake.keras",
+    "tflite": "edgekit.intake.tflite",
+}
+
+_SUFFIX_FORMAT = {
+    ".onnx": "onnx",
+    ".pt2": "torch",
+    ".keras": "keras",
+    ".h5": "keras",
+    ".hdf5": "keras",
+    ".tflite": "tflite",
+}
+# Whole-module pickles run arbitrary code when loaded: refused, with the safe route named.
+_PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".bin"}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output. ``shape`` holds ints, or strings for dynamic dimensions."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+    quantization: dict[str, Any] | None = None
+
+    @property
+    def is_static(self) -> bool:
+        return all(isinstance(d, int) and d >= 0 for d in self.shape)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        if self.quantization:
+            out["quantization"] = self.quantization
+        return out
+
+
+@dataclass
+class SourceModel:
+    """A loaded source model. ``run`` is the FP32 reference in the source framework itself."""
+
+    format: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    handle: Any
+    run: Callable[[Feeds], list[np.ndarray]]
+    to_onnx: Callable[[Path], None]
+    path: Path | None = None
+    sha256: str = ""
+    size_bytes: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        if self.path is None:
+            return "model"
+        return self.path.name.split(".")[0] if self.path.is_file() else self.path.name
+
+
+def file_digest(path: Path) -> tuple[str, int]:
+    """sha256 and total size of a file, or of every file below a directory (sorted walk)."""
+    h = hashlib.sha256()
+    size = 0
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        with f.open("rb") as fh:
+            for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                h.update(chunk)
+                size += len(chunk)
+    return h.hexdigest(), size
+
+
+def detect_format(path: Path) -> str:
+    """Name the source format of ``path`` or raise with what to do instead."""
+    if not path.exists():
+        raise ModelNotFoundError(f"model not found: {path} (check the path)")
+    if path.is_dir():
+        if (path / "saved_model.pb").exists() or (path / "saved_model.pbtxt").exists():
+            return "savedmodel"
+        raise ModelFormatError(
+            f"{path} is a directory without saved_model.pb; pass a model file or a "
+            "TensorFlow SavedModel directory"
+        )
+    suffix = path.suffix.lower()
+    if suffix in _PICKLE_SUFFIXES:
+        raise ModelFormatError(
+            f"{path.name}: pickled files can run arbitrary code and are not loaded; save a "
+            "torch.export ExportedProgram (torch.export.save(ep, 'model.pt2')) or pass the "
+            "nn.Module through the Python API (edgekit.export(module, example_inputs=...))"
+        )
+    if suffix in _SUFFIX_FORMAT:
+        return _SUFFIX_FORMAT[suffix]
+    with path.open("rb") as fh:
+        head = fh.read(8)
+    if head[4:8] == b"TFL3":
+        return "tflite"
+    supported = ", ".join(sorted(_SUFFIX_FORMAT)) + ", SavedModel directory"
+    raise ModelFormatError(f"{path.name}: unknown model format; supported: {supported}")
+
+
+def _intake(fmt: str) -> Any:
+    return importlib.import_module(INTAKE[fmt])
+
+
+def parse_input_shapes(items: Sequence[str] | None) -> dict[str, tuple[int, ...]]:
+    """Parse ``name=1x3x224x224`` strings (the --input-shape flag)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for item in items or ():
+        name, sep, dims = item.partition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            shape = tuple(int(d) for d in dims.lower().split("x"))
+            if any(d <= 0 for d in shape):
+                raise ValueError
+        except ValueError:
+            raise UsageError(
+                f"bad --input-shape '{item}'; write it as NAME=DxDxD, e.g. input=1x3x224x224"
+            ) from None
+        shapes[name] = shape
+    return shapes
+
+
+def fix_shapes(
+    specs: Sequence[TensorSpec], overrides: Mapping[str, Sequence[int]], notes: list[str]
+) -> list[TensorSpec]:
+    """Make every input static: apply overrides, default a lone dynamic batch dim to 1."""
+    names = {s.name for s in specs}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise UsageError(
+            f"--input-shape names unknown input(s) {unknown}; the model's inputs are "
+            f"{sorted(names)}"
+        )
+    fixed = []
+    for spec in specs:
+        if spec.name in overrides:
+            shape = tuple(overrides[spec.name])
+            if len(shape) != len(spec.shape):
+                raise UsageError(
+                    f"--input-shape {spec.name} has rank {len(shape)} but the model's input "
+                    f"has rank {len(spec.shape)} {_fmt_shape(spec.shape)}"
+                )
+            for want, have in zip(shape, spec.shape, strict=True):
+                if isinstance(have, int) and have >= 0 and have != want:
+                    raise UsageError(
+                        f"--input-shape {spec.name}={_fmt_shape(shape)} conflicts with the "
+                        f"model's fixed shape {_fmt_shape(spec.shape)}"
+                    )
+            fixed.append(replace(spec, shape=shape))
+            continue
+        if spec.is_static:
+            fixed.append(spec)
+            continue
+        dynamic = [i for i, d in enumerate(spec.shape) if not (isinstance(d, int) and d >= 0)]
+        if dynamic == [0]:
+            fixed.append(replace(spec, shape=(1, *spec.shape[1:])))
+            notes.append(f"input '{spec.name}': dynamic batch dimension fixed to 1")
+            continue
+        example = "x".join(str(d) if isinstance(d, int) and d >= 0 else "N" for d in spec.shape)
+        raise ModelFormatError(
+            f"input '{spec.name}' has dynamic dimensions {_fmt_shape(spec.shape)}; fix them "
+            f"with --input-shape {spec.name}={example} (N replaced by the sizes you deploy)"
+        )
+    return fixed
+
+
+def _fmt_shape(shape: Sequence[int | str]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _object_format(obj: Any) -> str:
+    """Format of an in-memory model, found by its type's module so no framework is imported."""
+    for klass in type(obj).__mro__:
+        mod = klass.__module__
+        if mod.startswith("torch"):
+            return "torch"
+        if mod.startswith(("keras", "tf_keras")):
+            return "keras"
+        if mod.startswith("onnx"):
+            return "onnx"
+    raise UsageError(
+        f"cannot export a {type(obj).__name__}; pass a model path, a torch.nn.Module, a "
+        "keras.Model or an onnx.ModelProto"
+    )
+
+
+def load_model(
+    model: str | Path | Any,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    example_inputs: Sequence[Any] | None = None,
+) -> SourceModel:
+    """Load a model path or in-memory model as a SourceModel with static inputs."""
+    overrides = dict(input_shapes or {})
+    if isinstance(model, str | Path):
+        path = Path(model)
+        fmt = detect_format(path)
+        source = _intake(fmt).load(path, overrides)
+        source.sha256, source.size_bytes = file_digest(path)
+        source.path = path
+        return source
+    fmt = _object_format(model)
+    return _intake(fmt).from_object(model, overrides, example_inputs)
+
+
+def describe(path: str | Path) -> dict[str, Any]:
+    """What `edgekit inspect` shows: format, I/O, parameter count, size, op histogram."""
+    p = Path(path)
+    fmt = detect_format(p)
+    info = _intake(fmt).describe(p)
+    sha, size = file_digest(p)
+    return {"path": str(p), "format": fmt, "size_bytes": size, "sha256": sha, **info}

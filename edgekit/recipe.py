@@ -1,0 +1,81 @@
+"""What to do to a model: precision, quantization scheme and calibration, as validated data.
+
+A recipe is plain data (a frozen dataclass) checked once in :meth:`Recipe.validate`; every
+error names the bad field. Backends read it and map it onto their native quantizer's options,
+raising for anything they cannot honour rather than silently ignoring it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from edgekit.errors import UsageError
+
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "int8-dynamic", "int16x8", "mixed")
+CALIBRATION_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
+# Precisions whose quantizer needs representative input data.
+NEEDS_CALIBRATION: frozenset[str] = frozenset({"int8", "int16x8", "mixed"})
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to compress a model. Defaults are the ones that are right on most CPUs."""
+
+    precision: str = "fp32"
+    #: per-output-channel weight scales (better accuracy on CNNs at almost no cost)
+    per_channel: bool = True
+    #: symmetric activations (int8, zero point 0) instead of asymmetric (uint8)
+    activation_symmetric: bool = False
+    calibration_method: str = "minmax"
+    #: how many samples calibrate the quantizer
+    calibration_samples: int = 100
+    #: held-out samples used to compare the artifact with the FP32 source
+    eval_samples: int = 100
+    seed: int = 0
+    #: quantize weights to 7 bits: only for x86 CPUs without VNNI
+    reduce_range: bool = False
+    #: percentile for the percentile calibration method
+    percentile: float = 99.999
+    #: node/layer names kept in float
+    keep_float: tuple[str, ...] = ()
+
+    def validate(self, supported: tuple[str, ...] | None = None) -> Recipe:
+        if self.precision not in PRECISIONS:
+            raise UsageError(
+                f"unknown precision '{self.precision}'; choose one of {', '.join(PRECISIONS)}"
+            )
+        if supported is not None and self.precision not in supported:
+            raise UsageError(
+                f"precision '{self.precision}' is not supported by this backend; it supports "
+                f"{', '.join(supported)}"
+            )
+        if self.calibration_method not in CALIBRATION_METHODS:
+            raise UsageError(
+                f"unknown calibration method '{self.calibration_method}'; choose one of "
+                f"{', '.join(CALIBRATION_METHODS)}"
+            )
+        if self.calibration_samples < 1:
+            raise UsageError("--calibration-samples must be at least 1")
+        if self.eval_samples < 0:
+            raise UsageError("--eval-samples must be 0 or more")
+        if not 50.0 < self.percentile <= 100.0:
+            raise UsageError("percentile must be in (50, 100]")
+        return self
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.precision in NEEDS_CALIBRATION
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["keep_float"] = list(self.keep_float)
+        return out
+
+    def updated(self, **changes: Any) -> Recipe:
+        """A copy with the non-None ``changes`` applied (unknown fields are a UsageError)."""
+        known = {f.name for f in fields(self)}
+        bad = sorted(set(changes) - known)
+        if bad:
+            raise UsageError(f"unknown recipe field(s) {bad}; known: {sorted(known)}")
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})

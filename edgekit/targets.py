@@ -1,0 +1,84 @@
+"""Target profiles: one TOML file per deployment target in the top-level ``targets/`` folder.
+
+``--target X`` resolves ``targets/X.toml``, or a TOML path given directly. A bare backend name is
+always a valid target even without a file. Adding a device is adding a file, not code.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from edgekit.backends import backend_names
+from edgekit.errors import UsageError
+
+_KNOWN_KEYS = {"name", "backend", "description", "device", "precision", "recipe", "benchmark"}
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    backend: str
+    description: str = ""
+    device: str = "local"
+    default_precision: str = "fp32"
+    #: recipe defaults for this target (e.g. reduce_range on a CPU without VNNI)
+    recipe: dict[str, Any] = field(default_factory=dict)
+    benchmark: dict[str, Any] = field(default_factory=dict)
+
+
+def _profile_dir() -> Path:
+    # Installed: package data edgekit.targets. Source checkout without install: ../targets.
+    try:
+        path = Path(str(resources.files("edgekit.targets")))
+        if path.is_dir() and any(path.glob("*.toml")):
+            return path
+    except (ModuleNotFoundError, TypeError):
+        pass
+    return Path(__file__).resolve().parent.parent / "targets"
+
+
+def target_names() -> list[str]:
+    """Every resolvable target: profile files plus bare backend names."""
+    return sorted({p.stem for p in _profile_dir().glob("*.toml")} | set(backend_names()))
+
+
+def _from_toml(path: Path) -> Target:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"target profile {path} is not valid TOML: {exc}") from exc
+    unknown = sorted(set(data) - _KNOWN_KEYS)
+    if unknown:
+        raise UsageError(f"target profile {path}: unknown key(s) {unknown}")
+    backend = data.get("backend")
+    if backend not in backend_names():
+        raise UsageError(
+            f"target profile {path}: backend '{backend}' is not one of {', '.join(backend_names())}"
+        )
+    precision = data.get("precision", {})
+    return Target(
+        name=data.get("name", path.stem),
+        backend=backend,
+        description=data.get("description", ""),
+        device=data.get("device", "local"),
+        default_precision=precision.get("default", "fp32"),
+        recipe=dict(data.get("recipe", {})),
+        benchmark=dict(data.get("benchmark", {})),
+    )
+
+
+def resolve_target(name: str) -> Target:
+    """Resolve ``--target`` to a profile, or raise listing the valid names."""
+    as_path = Path(name)
+    if as_path.suffix == ".toml" and as_path.is_file():
+        return _from_toml(as_path)
+    profile = _profile_dir() / f"{name}.toml"
+    if profile.is_file():
+        return _from_toml(profile)
+    if name in backend_names():
+        return Target(name=name, backend=name)
+    raise UsageError(f"unknown target '{name}'; choose one of {', '.join(target_names())}")

@@ -1,0 +1,113 @@
+"""ONNX Runtime int8 options map onto the quantized graph as asked: calibration methods give
+really different ranges, the scheme flags change scales and zero points, keep_float works."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from conftest import feeds
+from onnx import numpy_helper
+
+import edgekit
+
+
+def _qdq_params(path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """QuantizeLinear input tensor -> (scale, zero point), from the saved graph."""
+    model = onnx.load(str(path))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    return {
+        n.input[0]: (inits[n.input[1]], inits[n.input[2]])
+        for n in model.graph.node
+        if n.op_type == "QuantizeLinear" and n.input[1] in inits
+    }
+
+
+def _weight_scales(path) -> list[np.ndarray]:
+    model = onnx.load(str(path))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    return [
+        inits[n.input[1]]
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear"
+        and inits.get(n.input[0]) is not None
+        and inits[n.input[0]].dtype == np.int8
+    ]
+
+
+@pytest.fixture(scope="module")
+def calib(digits):
+    return feeds(digits[0][:48], "image")
+
+
+def _export(onnx_cnn, calib, tmp_path, name, **kw):
+    return edgekit.export(
+        onnx_cnn,
+        "onnxruntime",
+        "int8",
+        output_dir=tmp_path,
+        calibration=calib,
+        eval_samples=0,
+        name=name,
+        **kw,
+    )
+
+
+def test_minmax_input_range_is_the_data_range(onnx_cnn, calib, tmp_path):
+    report = _export(onnx_cnn, calib, tmp_path, "mm", calibration_method="minmax")
+    scale, zp = _qdq_params(report.artifact)["image"]
+    x = np.concatenate([f["image"] for f in calib])
+    # uint8 asymmetric: the range always includes 0.
+    lo, hi = min(0.0, float(x.min())), max(0.0, float(x.max()))
+    assert float(scale) == pytest.approx((hi - lo) / 255.0, rel=1e-6)
+    assert zp.dtype == np.uint8 and int(zp) == round(-lo / ((hi - lo) / 255.0))
+
+
+def test_calibration_methods_give_different_ranges(onnx_cnn, calib, tmp_path):
+    params = {
+        m: _qdq_params(_export(onnx_cnn, calib, tmp_path, m, calibration_method=m).artifact)
+        for m in ("minmax", "entropy", "percentile")
+    }
+    common = set(params["minmax"]) & set(params["entropy"]) & set(params["percentile"])
+    assert len(common) >= 5
+    # Histogram methods clip outliers: never wider than MinMax, and narrower somewhere.
+    # Entropy (KL) clips hard; percentile 99.999 only trims the extreme tail.
+    for method, narrower in (("entropy", 0.95), ("percentile", 0.9995)):
+        ratios = [float(params[method][t][0]) / float(params["minmax"][t][0]) for t in common]
+        assert max(ratios) <= 1.0 + 1e-5, method
+        assert min(ratios) < narrower, f"{method} gave the MinMax ranges: {ratios}"
+    assert any(not np.isclose(params["entropy"][t][0], params["percentile"][t][0]) for t in common)
+
+
+def test_per_tensor_and_symmetric_flags(onnx_cnn, calib, tmp_path):
+    default = _export(onnx_cnn, calib, tmp_path, "pc")
+    flat = _export(onnx_cnn, calib, tmp_path, "pt", per_channel=False, activation_symmetric=True)
+    first_conv_channels = 8  # WIDTH in conftest
+    assert first_conv_channels in {s.size for s in _weight_scales(default.artifact)}
+    assert {s.size for s in _weight_scales(flat.artifact)} == {1}
+    for _scale, zp in _qdq_params(flat.artifact).values():
+        assert zp.dtype == np.int8 and not zp.any()
+    assert any(zp.dtype == np.uint8 for _, zp in _qdq_params(default.artifact).values())
+
+
+def test_keep_float_leaves_node_unquantized(onnx_cnn, calib, tmp_path):
+    model = onnx.load(str(onnx_cnn))
+    gemms = [n.name for n in model.graph.node if n.op_type == "Gemm"]
+    assert gemms, "the digits CNN should end in Gemm nodes"
+    report = _export(onnx_cnn, calib, tmp_path, "kf", keep_float=(gemms[-1],))
+    q = onnx.load(str(report.artifact))
+    last = next(n for n in q.graph.node if n.name == gemms[-1])
+    producers = {o: n.op_type for n in q.graph.node for o in n.output}
+    # A quantized Gemm reads its weight through a DequantizeLinear; a float one does not.
+    inits = {t.name for t in q.graph.initializer}
+    assert last.input[1] in inits or producers.get(last.input[1]) != "DequantizeLinear"
+
+
+def test_int8_dynamic_warns_on_conv_heavy_graph(onnx_cnn, tmp_path):
+    report = edgekit.export(
+        onnx_cnn, "onnxruntime", "int8-dynamic", output_dir=tmp_path, eval_samples=4
+    )
+    assert any("Conv" in w for w in report.warnings)
+    ops = {n.op_type for n in onnx.load(str(report.artifact)).graph.node}
+    assert "ConvInteger" not in ops and "Conv" in ops
+    assert ops & {"MatMulInteger", "DynamicQuantizeLinear"}
