@@ -99,10 +99,17 @@ def _parser() -> argparse.ArgumentParser:
     sym.add_argument("--asymmetric", action="store_true", help="uint8 asymmetric (default)")
     q.add_argument("--reduce-range", action="store_true", help="7-bit weights (CPUs w/o VNNI)")
     q.add_argument("--keep-float", action="append", metavar="NODE", help="node left in float")
+    q.add_argument(
+        "--io", choices=("float", "int8", "uint8"), help="I/O dtype of full-integer models"
+    )
+    exp.add_argument(
+        "--device", help="accelerator to check the artifact on, e.g. CPU, GPU, NPU, AUTO"
+    )
     exp.add_argument("--json", action="store_true", help="print the report as JSON")
 
     ins = sub.add_parser("inspect", help="show a model's format, I/O, parameters and ops")
     ins.add_argument("model")
+    ins.add_argument("--target", "-t", help="also check the model against a target's limits")
     ins.add_argument("--json", action="store_true")
 
     tg = sub.add_parser("targets", help="list target profiles")
@@ -126,6 +133,8 @@ def _recipe_fields(args: argparse.Namespace) -> dict[str, Any]:
         fields["reduce_range"] = True
     if args.keep_float:
         fields["keep_float"] = tuple(args.keep_float)
+    if args.io:
+        fields["io_dtype"] = args.io
     return fields
 
 
@@ -152,6 +161,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         input_shapes=parse_input_shapes(args.input_shape),
         image_options=image_options,
         name=args.name,
+        device=args.device,
         **_recipe_fields(args),
     )
     if args.json:
@@ -191,7 +201,7 @@ def _mib(n: int) -> str:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from edgekit.model import describe
 
-    info = describe(args.model)
+    info = describe(args.model, target=args.target)
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0
@@ -207,6 +217,11 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     ops = info.get("ops") or {}
     if ops:
         print("ops: " + ", ".join(f"{k} {v}" for k, v in ops.items()))
+    report = info.get("target_report")
+    if report:
+        print(f"target {args.target}:")
+        for line in report.get("lines", []):
+            print(f"  {line}")
     return 0
 
 

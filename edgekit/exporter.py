@@ -22,6 +22,7 @@ from typing import Any
 
 from edgekit import __version__
 from edgekit.backends import get_backend
+from edgekit.backends.base import is_remote
 from edgekit.calibration import ImageOptions, load_samples, split_samples
 from edgekit.errors import DataError
 from edgekit.evaluate import Agreement, compare
@@ -161,6 +162,7 @@ def export(
     example_inputs: Sequence[Any] | None = None,
     image_options: ImageOptions | None = None,
     name: str | None = None,
+    device: str | None = None,
     **recipe_fields: Any,
 ) -> ExportReport:
     """Export ``model`` for ``target`` at ``precision`` and compare it with the FP32 source.
@@ -168,7 +170,9 @@ def export(
     ``model`` is a path (.onnx, .pt2, .keras, .h5, SavedModel dir) or an in-memory
     ``torch.nn.Module`` (with ``example_inputs``), ``keras.Model`` or ``onnx.ModelProto``.
     ``calibration``/``eval_data`` are an image folder, a .npy/.npz path, an iterable of feed
-    dicts, or ``"random"``. Extra keyword arguments are :class:`~edgekit.recipe.Recipe` fields.
+    dicts, or ``"random"``. ``device`` is where the exported artifact is checked (a local
+    accelerator such as OpenVINO's ``GPU``; default: the target's). Extra keyword arguments are
+    :class:`~edgekit.recipe.Recipe` fields.
     """
     started = time.perf_counter()
     tgt = resolve_target(target)
@@ -188,7 +192,11 @@ def export(
     workdir = Path(tempfile.mkdtemp(dir=out_dir, prefix=".edgekit-tmp-"))
     try:
         result = backend.export(source, recipe, calib, workdir, stem)
-        session = backend.open_session(result.primary)
+        # The agreement check runs here; a remote target device is benchmarked, not used here.
+        check_on = device or tgt.device
+        session = backend.open_session(
+            result.primary, device=None if is_remote(check_on) else check_on
+        )
         reference = [source.run(f) for f in progress(held, desc="reference")]
         candidate = [session.run(f) for f in progress(held, desc="exported")]
         agreement = compare(reference, candidate)

@@ -229,10 +229,27 @@ def load_model(
     return _intake(fmt).from_object(model, overrides, example_inputs)
 
 
-def describe(path: str | Path) -> dict[str, Any]:
-    """What `edgekit inspect` shows: format, I/O, parameter count, size, op histogram."""
+def describe(path: str | Path, target: str | None = None) -> dict[str, Any]:
+    """What `edgekit inspect` shows: format, I/O, parameter count, size, op histogram.
+
+    With ``target``, the target's backend may add a ``target_report`` (a dict with at least
+    ``lines``: human-readable findings, e.g. ops an Edge TPU compiler would reject) through an
+    optional ``target_report(path, target)`` method.
+    """
     p = Path(path)
     fmt = detect_format(p)
     info = _intake(fmt).describe(p)
     sha, size = file_digest(p)
-    return {"path": str(p), "format": fmt, "size_bytes": size, "sha256": sha, **info}
+    out = {"path": str(p), "format": fmt, "size_bytes": size, "sha256": sha, **info}
+    if target is not None:
+        from edgekit.backends import get_backend
+        from edgekit.targets import resolve_target
+
+        tgt = resolve_target(target)
+        hook = getattr(get_backend(tgt.backend), "target_report", None)
+        out["target_report"] = (
+            hook(p, tgt)
+            if hook
+            else {"lines": [f"backend {tgt.backend} has no target-specific checks"]}
+        )
+    return out

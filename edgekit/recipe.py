@@ -14,6 +14,7 @@ from edgekit.errors import UsageError
 
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "int8-dynamic", "int16x8", "mixed")
 CALIBRATION_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
+IO_DTYPES: tuple[str, ...] = ("float", "int8", "uint8")
 # Precisions whose quantizer needs representative input data.
 NEEDS_CALIBRATION: frozenset[str] = frozenset({"int8", "int16x8", "mixed"})
 
@@ -39,6 +40,8 @@ class Recipe:
     percentile: float = 99.999
     #: node/layer names kept in float
     keep_float: tuple[str, ...] = ()
+    #: dtype of the artifact's inputs/outputs for full-integer models (Edge TPU, MCUs)
+    io_dtype: str = "float"
 
     def validate(self, supported: tuple[str, ...] | None = None) -> Recipe:
         if self.precision not in PRECISIONS:
@@ -54,6 +57,10 @@ class Recipe:
             raise UsageError(
                 f"unknown calibration method '{self.calibration_method}'; choose one of "
                 f"{', '.join(CALIBRATION_METHODS)}"
+            )
+        if self.io_dtype not in IO_DTYPES:
+            raise UsageError(
+                f"unknown --io '{self.io_dtype}'; choose one of {', '.join(IO_DTYPES)}"
             )
         if self.calibration_samples < 1:
             raise UsageError("--calibration-samples must be at least 1")

@@ -9,9 +9,9 @@ from edgekit.backends.base import Session
 from edgekit.errors import ModelNotFoundError
 
 
-def load(path: str | Path, threads: int | None = None) -> Session:
+def load(path: str | Path, threads: int | None = None, device: str | None = None) -> Session:
     """Load an exported artifact with the backend its file suffix belongs to."""
     p = Path(path)
     if not p.exists():
         raise ModelNotFoundError(f"artifact not found: {p}")
-    return backend_for_artifact(str(p)).open_session(p, threads)
+    return backend_for_artifact(str(p)).open_session(p, threads, device)

@@ -55,6 +55,17 @@ class Backend(Protocol):
         stem: str,
     ) -> ExportOutput: ...
 
-    def open_session(self, path: Path, threads: int | None = None) -> Session: ...
+    def open_session(
+        self, path: Path, threads: int | None = None, device: str | None = None
+    ) -> Session:
+        """Load ``path``. ``device`` is a local accelerator name (e.g. OpenVINO's ``GPU``);
+        None or ``local`` means the backend's default. An absent device raises DeviceError
+        listing the available ones."""
+        ...
 
     def versions(self) -> dict[str, str]: ...
+
+
+def is_remote(device: str | None) -> bool:
+    """``ssh://…`` and ``adb://…`` name another machine; anything else is local."""
+    return bool(device) and "://" in str(device)

@@ -24,7 +24,13 @@ from typing import Any
 import numpy as np
 
 from edgekit.backends.base import ExportOutput
-from edgekit.errors import ConversionError, ModelFormatError, ModelNotFoundError
+from edgekit.errors import (
+    ConversionError,
+    DeviceError,
+    ModelFormatError,
+    ModelNotFoundError,
+    UsageError,
+)
 from edgekit.model import Feeds, SourceModel, TensorSpec
 from edgekit.progress import progress
 from edgekit.recipe import Recipe
@@ -159,7 +165,14 @@ class OnnxRuntimeBackend:
 
         return {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
 
-    def open_session(self, path: Path, threads: int | None = None) -> OrtSession:
+    def open_session(
+        self, path: Path, threads: int | None = None, device: str | None = None
+    ) -> OrtSession:
+        if device not in (None, "local", "CPU", "cpu"):
+            raise DeviceError(
+                f"ONNX Runtime here runs on the CPU only; device '{device}' is not available "
+                "(available: CPU)"
+            )
         return OrtSession(Path(path), threads)
 
     def export(
@@ -172,6 +185,11 @@ class OnnxRuntimeBackend:
     ) -> ExportOutput:
         import onnx
 
+        if recipe.io_dtype != "float":
+            raise UsageError(
+                f"--io {recipe.io_dtype}: ONNX Runtime artifacts keep float inputs and outputs "
+                "(the QDQ graph quantizes inside); integer I/O is for --target tflite"
+            )
         fp32 = workdir / "source.fp32.onnx"
         source.to_onnx(fp32)
         out = workdir / f"{stem}{self.suffix}"
