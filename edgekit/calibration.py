@@ -340,7 +340,7 @@ def _no_image_options(options: ImageOptions, what: str) -> None:
     if given:
         flags = ", ".join(f"--{name}" for name in given)
         raise UsageError(
-            f"{flags} only apply to image folders, but the calibration data is {what}; "
+            f"image options ({flags}) apply only to image folders, but the data is {what}; "
             "drop them and preprocess the arrays yourself"
         )
 

@@ -11,6 +11,7 @@ import datetime as dt
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -24,7 +25,7 @@ from edgekit import __version__
 from edgekit.backends import get_backend
 from edgekit.backends.base import is_remote
 from edgekit.calibration import ImageOptions, load_samples, split_samples
-from edgekit.errors import DataError
+from edgekit.errors import DataError, EdgekitError, ModelFormatError, UsageError
 from edgekit.evaluate import Agreement, compare
 from edgekit.model import Feeds, SourceModel, load_model
 from edgekit.progress import progress
@@ -138,6 +139,21 @@ def _data(
     return calib, held, described
 
 
+def _reference(source: SourceModel, feeds: Feeds) -> list[Any]:
+    """Run the FP32 source; a model that cannot run there cannot be checked, so say so."""
+    try:
+        return source.run(feeds)
+    except EdgekitError:
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = re.sub(r"^\[[^\]]*\]\s*", "", first)[:300]
+        raise ModelFormatError(
+            f"the {source.format} source model does not run on its own inputs: {first}; fix "
+            "or re-export the source model"
+        ) from exc
+
+
 def _atomic_json(path: Path, payload: Mapping[str, Any]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -175,6 +191,11 @@ def export(
     :class:`~edgekit.recipe.Recipe` fields.
     """
     started = time.perf_counter()
+    out_dir = Path(output_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"-o {out_dir} exists and is not a folder; choose another output folder")
+    if name is not None and (Path(name).name != name or name in ("", ".", "..")):
+        raise UsageError(f"--name '{name}' must be a plain file name stem, without '/'")
     tgt = resolve_target(target)
     backend = get_backend(tgt.backend)
     recipe = (
@@ -185,8 +206,10 @@ def export(
     )
     source = load_model(model, input_shapes, example_inputs)
     calib, held, eval_desc = _data(source, recipe, calibration, eval_data, image_options)
+    # Fail before any conversion work if the source itself cannot run.
+    for feeds in (held or calib)[:1]:
+        _reference(source, feeds)
 
-    out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{name or source.name}_{recipe.precision}"
     workdir = Path(tempfile.mkdtemp(dir=out_dir, prefix=".edgekit-tmp-"))
@@ -197,7 +220,7 @@ def export(
         session = backend.open_session(
             result.primary, device=None if is_remote(check_on) else check_on
         )
-        reference = [source.run(f) for f in progress(held, desc="reference")]
+        reference = [_reference(source, f) for f in progress(held, desc="reference")]
         candidate = [session.run(f) for f in progress(held, desc="exported")]
         agreement = compare(reference, candidate)
         size = sum(f.stat().st_size for f in result.files)

@@ -67,7 +67,7 @@ class Recipe:
         if self.eval_samples < 0:
             raise UsageError("--eval-samples must be 0 or more")
         if not 50.0 < self.percentile <= 100.0:
-            raise UsageError("percentile must be in (50, 100]")
+            raise UsageError("--percentile must be in (50, 100], e.g. 99.99")
         return self
 
     @property

@@ -455,7 +455,7 @@ def test_unreadable_and_unsupported_files(tmp_path):
 
 def test_image_options_refused_for_arrays(tmp_path):
     np.save(tmp_path / "a.npy", np.zeros((1, 2), dtype=np.float32))
-    with pytest.raises(UsageError, match="--mean only apply to image folders"):
+    with pytest.raises(UsageError, match=r"\(--mean\) apply only to image folders"):
         load_samples(tmp_path / "a.npy", [spec((1, 2))], image_options=ImageOptions(mean=(0.5,)))
     # Unset options are not "given": the CLI may always pass an ImageOptions.
     assert len(load_samples(tmp_path / "a.npy", [spec((1, 2))], image_options=ImageOptions())) == 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import shutil
 import warnings
 from collections.abc import Iterator, Sequence
@@ -80,7 +81,8 @@ class OrtSession:
             )
         except Exception as exc:  # ORT raises its own unrelated exception types
             raise ModelFormatError(
-                f"ONNX Runtime cannot load {path.name}: {_first_line(exc)}"
+                f"ONNX Runtime cannot load the model: {_first_line(exc)}; re-export it with "
+                "operators ONNX Runtime implements (a lower opset, or without custom ops)"
             ) from exc
         self.inputs = [_ort_spec(i) for i in self._sess.get_inputs()]
         self.outputs = [_ort_spec(o) for o in self._sess.get_outputs()]
@@ -118,7 +120,10 @@ def _ort_spec(arg: Any) -> TensorSpec:
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    # ORT prefixes load errors with the (temporary) path it was given; the user never saw it.
+    return re.sub(r"^\[[^\]]*\]\s*|Load model from \S+ failed:", "", text[0]).strip()[:300]
 
 
 def _io_quantization(model: Any) -> dict[str, dict[str, Any]]:

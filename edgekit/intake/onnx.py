@@ -43,7 +43,9 @@ def _read(path: Path) -> Any:
             f"{path.name} is not a valid ONNX file (truncated or corrupt?): re-export it"
         ) from exc
     if not model.graph.node and not model.graph.output:
-        raise ModelFormatError(f"{path.name} holds no ONNX graph (empty or not an ONNX file)")
+        raise ModelFormatError(
+            f"{path.name} holds no ONNX graph (empty or not an ONNX file); re-export it"
+        )
     try:
         onnx.load_external_data_for_model(model, str(path.parent))
     except Exception as exc:  # OSError, or onnx's ValidationError for a missing file
