@@ -93,3 +93,54 @@ def test_quantized_artifact_is_smaller(precision, torch_cnn, digits, tmp_path):
     small = edgekit.export(torch_cnn, "onnxruntime", precision, **common)
     limit = {"fp16": 0.51, "int8": 0.27}[precision]
     assert small.artifact.stat().st_size <= limit * fp32.artifact.stat().st_size
+
+
+@pytest.fixture(scope="module")
+def source_files(torch_cnn, keras_cnn, tmp_path_factory):
+    """The same trained models saved in every on-disk format the CLI accepts."""
+    import torch
+
+    d = tmp_path_factory.mktemp("sources")
+    program = torch.export.export(torch_cnn, (torch.zeros(1, 1, 32, 32),))
+    torch.export.save(program, str(d / "cnn.pt2"))
+    keras_cnn.save(d / "cnn.keras")
+    keras_cnn.save(d / "cnn.h5")
+    keras_cnn.export(str(d / "cnn_savedmodel"), format="tf_saved_model", verbose=False)
+    return d
+
+
+FILES = {
+    # file -> (input name in the artifact, layout, reference framework)
+    "cnn.pt2": ("input", "NCHW", "torch"),
+    "cnn.keras": ("image", "NHWC", "keras"),
+    "cnn.h5": ("image", "NHWC", "keras"),
+    "cnn_savedmodel": ("image", "NHWC", "keras"),
+}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+@pytest.mark.parametrize("filename", list(FILES))
+def test_export_from_file(
+    filename, precision, source_files, torch_cnn, keras_cnn, digits, tmp_path
+):
+    name, layout, ref_kind = FILES[filename]
+    x_train, _, x_test, _ = digits
+    report = edgekit.export(
+        source_files / filename,
+        "onnxruntime",
+        precision,
+        output_dir=tmp_path,
+        calibration=feeds(x_train[:N_CALIB], name, layout),
+        eval_samples=0,
+    )
+    x = samples.to_input(x_test[:N_EVAL], layout=layout)
+    session = edgekit.load(report.artifact)
+    assert [s.name for s in session.inputs] == [name]
+    got = np.concatenate([session.run({name: x[i : i + 1]})[0] for i in range(len(x))])
+    want = _reference(ref_kind, torch_cnn if ref_kind == "torch" else keras_cnn, x)
+    if precision == "fp32":
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+    else:
+        assert np.mean(got.argmax(1) == want.argmax(1)) >= 0.97
+    sidecar = json.loads(report.sidecar.read_text())
+    assert sidecar["source"]["sha256"] and sidecar["source"]["path"].endswith(filename)
