@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.edgekit-installed
 
-.PHONY: demo test lint format clean venv
+.PHONY: demo test lint format clean venv sshd
 
 venv: $(STAMP)
 
@@ -26,8 +26,15 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: lint
+# The ssh benchmark test starts a real sshd on 127.0.0.1; under CI=true it fails without one.
+test: lint sshd
 	$(VENV)/bin/python -m pytest -q
+
+sshd:
+	@command -v sshd >/dev/null || test -x /usr/sbin/sshd || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	   apt-get install -y -qq openssh-server openssh-client) || \
+	  echo "make: could not install openssh-server; the ssh benchmark test skips (fails in CI)"
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

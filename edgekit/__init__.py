@@ -22,6 +22,7 @@ __all__ = [
     "ImageOptions",
     "Recipe",
     "__version__",
+    "benchmark",
     "describe",
     "export",
     "load",
@@ -30,6 +31,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from edgekit.bench import benchmark
     from edgekit.calibration import ImageOptions, load_samples
     from edgekit.errors import EdgekitError
     from edgekit.evaluate import Agreement
@@ -44,6 +46,7 @@ _LAZY = {
     "ExportReport": "edgekit.exporter",
     "ImageOptions": "edgekit.calibration",
     "Recipe": "edgekit.recipe",
+    "benchmark": "edgekit.bench",
     "describe": "edgekit.model",
     "export": "edgekit.exporter",
     "load": "edgekit.session",

@@ -114,7 +114,68 @@ def _parser() -> argparse.ArgumentParser:
 
     tg = sub.add_parser("targets", help="list target profiles")
     tg.add_argument("--json", action="store_true")
+
+    bm = sub.add_parser(
+        "benchmark",
+        help="latency and memory of artifacts on a device",
+        description="Time artifacts in a fresh runner process each; several artifacts run in "
+        "interleaved rounds and the table shows ratios to the first.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bm.add_argument("artifacts", nargs="+", metavar="ARTIFACT", help=".onnx, .xml (+.bin), .tflite")
+    bm.add_argument(
+        "--device",
+        "-d",
+        default="local",
+        help="local (default), an accelerator (CPU, GPU, NPU), ssh://user@host[:port], adb://SERIAL",
+    )
+    bm.add_argument("--runs", type=_positive_int, default=100, help="counted runs (default 100)")
+    bm.add_argument("--warmup", type=_count, default=10, help="warm-up runs (default 10)")
+    bm.add_argument("--duration", type=_seconds, metavar="S", help="run each at least S seconds")
+    bm.add_argument("--rounds", type=_positive_int, help="interleaved rounds (default 10)")
+    bm.add_argument("--threads", type=_positive_int, help="runtime threads (default: its own)")
+    bm.add_argument("--pin", metavar="CPUS", help="run on these CPUs, e.g. 0 or 0-3")
+    bm.add_argument("--inputs", default="random", help="random (default) or a .npz/.npy file")
+    bm.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    bm.add_argument(
+        "--inference-precision",
+        choices=("match", "auto", "f32", "f16", "bf16"),
+        default="match",
+        help="OpenVINO's precision hint: match (default: f32 for fp32 artifacts, else the "
+        "runtime's choice), auto (always the runtime's), or forced f32/f16/bf16",
+    )
+    remote = bm.add_argument_group("remote devices")
+    remote.add_argument("--remote-python", metavar="PY", help="python on an ssh device (python3)")
+    remote.add_argument("--ssh-config", metavar="FILE", help="ssh -F FILE")
+    remote.add_argument(
+        "--ssh-option", action="append", default=[], metavar="OPT", help="ssh -o OPT (repeatable)"
+    )
+    remote.add_argument("--benchmark-binary", metavar="PATH", help="benchmark_model for adb://")
+    remote.add_argument("--connect-timeout", type=_seconds, default=10.0, metavar="S")
+    remote.add_argument("--timeout", type=_seconds, default=600.0, metavar="S", help="per step")
+    bm.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got '{text}'") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected more than 0 seconds, got {text}")
+    return value
 
 
 def _recipe_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -237,7 +298,38 @@ def _cmd_targets(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"export": _cmd_export, "inspect": _cmd_inspect, "targets": _cmd_targets}
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    from edgekit.bench import benchmark
+
+    result = benchmark(
+        args.artifacts,
+        device=args.device,
+        runs=args.runs,
+        warmup=args.warmup,
+        duration=args.duration,
+        threads=args.threads,
+        pin=args.pin,
+        inputs=args.inputs,
+        rounds=args.rounds,
+        seed=args.seed,
+        inference_precision=args.inference_precision,
+        remote_python=args.remote_python,
+        ssh_config=args.ssh_config,
+        ssh_options=args.ssh_option,
+        benchmark_binary=args.benchmark_binary,
+        connect_timeout=args.connect_timeout,
+        timeout=args.timeout,
+    )
+    print(json.dumps(result.to_json(), indent=2) if args.json else result.table())
+    return 0
+
+
+_COMMANDS = {
+    "export": _cmd_export,
+    "inspect": _cmd_inspect,
+    "targets": _cmd_targets,
+    "benchmark": _cmd_benchmark,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -111,9 +111,14 @@ def _data(
         samples = load_samples(
             calibration, source.inputs, image_options=image_options, limit=wanted, seed=recipe.seed
         )
-        calib, held = split_samples(
-            samples, recipe.calibration_samples, recipe.eval_samples, seed=recipe.seed
-        )
+        n_calib = recipe.calibration_samples
+        n_eval = 0 if eval_data is not None else recipe.eval_samples
+        if n_eval and 1 < len(samples) < n_calib + n_eval:
+            # Too little data for both: keep at least a fifth for the agreement check, so that
+            # it runs on real inputs rather than random ones.
+            n_eval = min(n_eval, max(len(samples) - n_calib, len(samples) // 5, 1))
+            n_calib = min(n_calib, len(samples) - n_eval)
+        calib, held = split_samples(samples, n_calib, n_eval, seed=recipe.seed)
     elif recipe.needs_calibration:
         raise DataError(
             f"precision {recipe.precision} needs calibration data: pass --calibration PATH "
@@ -226,7 +231,11 @@ def export(
         size = sum(f.stat().st_size for f in result.files)
         # In-memory models have no file: their FP32 ONNX form stands in as the source size.
         fp32_onnx = workdir / "source.fp32.onnx"
-        source_size = source.size_bytes or (fp32_onnx.stat().st_size if fp32_onnx.exists() else 0)
+        source_size = (
+            source.size_bytes
+            or (fp32_onnx.stat().st_size if fp32_onnx.exists() else 0)
+            or int(result.details.get("fp32_size_bytes", 0))
+        )
         final_files = [out_dir / f.name for f in result.files]
         artifact = out_dir / result.primary.name
         sidecar = out_dir / f"{result.primary.name}{SIDECAR_SUFFIX}"

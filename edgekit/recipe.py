@@ -12,7 +12,16 @@ from typing import Any
 
 from edgekit.errors import UsageError
 
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "int8-dynamic", "int16x8", "mixed")
+PRECISIONS: tuple[str, ...] = (
+    "fp32",
+    "fp16",
+    "int8",
+    "int8-dynamic",
+    "int16x8",
+    "mixed",
+    "int8-weights",
+    "int4-weights",
+)
 CALIBRATION_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
 IO_DTYPES: tuple[str, ...] = ("float", "int8", "uint8")
 # Precisions whose quantizer needs representative input data.

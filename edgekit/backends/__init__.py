@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 BACKENDS: dict[str, str] = {
     "onnxruntime": "edgekit.backends.onnxruntime",
+    "tflite": "edgekit.backends.tflite",
+    "openvino": "edgekit.backends.openvino",
 }
 
 

@@ -45,6 +45,8 @@ class Backend(Protocol):
     suffix: str
     #: the pip extra that installs this backend's runtime
     extra: str
+    #: source formats (see edgekit.model.INTAKE) this backend can export from
+    source_formats: tuple[str, ...]
 
     def export(
         self,

@@ -163,6 +163,8 @@ class OnnxRuntimeBackend:
     precisions = ("fp32", "fp16", "int8", "int8-dynamic")
     suffix = ".onnx"
     extra = "onnx"
+    # Everything with a bridge to ONNX; a .tflite source has none.
+    source_formats = ("onnx", "torch", "keras", "savedmodel")
 
     def versions(self) -> dict[str, str]:
         import onnx

@@ -1,7 +1,9 @@
 """TFLite intake: inspect and reference-run ``.tflite`` files with ai_edge_litert.
 
-Exporting *from* TFLite is not offered by the ONNX Runtime backend; the TFLite file is read
-for ``inspect`` and ``benchmark``.
+Exporting *from* TFLite is not offered; the TFLite file is read for ``inspect`` and
+``benchmark``. A file is first loaded and run once in a child process
+(:mod:`edgekit.backends.tflite_validate`): LiteRT can crash on a malformed model, and a crash
+there is an error message here instead of a dead process.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ def _interpreter(path: Path) -> Any:
     data = path.read_bytes()
     if len(data) < 8 or data[4:8] != b"TFL3":
         raise ModelFormatError(f"{path.name} is not a TFLite flatbuffer (no TFL3 identifier)")
+    from edgekit.backends.tflite_validate import validate
+
+    validate(path)
     try:
         interp = interp_mod.Interpreter(model_content=data)
     except Exception as exc:

@@ -1,0 +1,192 @@
+"""TFLite / LiteRT backend: ``.tflite`` artifacts at fp32, fp16, int8-dynamic, int8 and int16x8.
+
+The flow for every source: convert to an FP32 ``.tflite`` (TFLiteConverter for Keras and
+SavedModel, litert-torch for PyTorch; :mod:`~edgekit.backends.tflite_convert`), quantize it
+with ai-edge-quantizer (:mod:`~edgekit.backends.tflite_quantize`), store the source<->artifact
+I/O map in the file's metadata, check the file in a child process (LiteRT can crash on a bad
+model; :mod:`~edgekit.backends.tflite_validate`), then report what is not integer
+(:mod:`~edgekit.backends.tflite_ops`) and whether quantizing paid off in speed
+(:mod:`~edgekit.backends.tflite_speed`).
+
+* ``fp16``: float16 weights, dequantized at load; XNNPACK computes in fp32 on CPUs without
+  fp16 arithmetic, so it halves the size, not the latency.
+* ``int8-dynamic``: int8 weights, activations quantized on the fly per call; no calibration.
+* ``int8``: full integer, int8 per-channel weights and asymmetric int8 activations from min/max
+  calibration; float I/O by default, ``--io int8|uint8`` for integer I/O (Edge TPU, MCUs).
+* ``int16x8``: int16 activations, int8 weights, for accuracy-sensitive models: runs on
+  TFLite's reference kernels (no XNNPACK), many times slower than fp32 on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.backends.base import ExportOutput
+from edgekit.backends.tflite_session import TFLiteSession, write_io_map
+from edgekit.errors import DeviceError, require
+from edgekit.model import Feeds, SourceModel
+from edgekit.recipe import Recipe
+
+_INT16_WARNING = (
+    "int16x8 runs on TFLite's reference kernels (XNNPACK has none for it): expect it to be "
+    "many times slower than fp32 on CPU; use it for accuracy on accelerators that support it"
+)
+
+
+def _calibration_feeds(
+    calibration: Sequence[Feeds], inputs: Sequence[dict[str, Any]]
+) -> list[dict[str, np.ndarray]]:
+    """Source feeds (source names and layout) -> signature names and the artifact's layout."""
+    out = []
+    for feed in calibration:
+        item = {}
+        for entry in inputs:
+            x = np.asarray(feed[entry["name"]])
+            if entry.get("perm"):
+                x = np.ascontiguousarray(np.transpose(x, entry["perm"]))
+            item[entry["signature"]] = x
+        out.append(item)
+    return out
+
+
+def _is_edgetpu(target: Any) -> bool:
+    text = f"{getattr(target, 'name', '')} {getattr(target, 'description', '')}".lower()
+    return "edgetpu" in text or "edge tpu" in text
+
+
+class TFLiteBackend:
+    name = "tflite"
+    precisions = ("fp32", "fp16", "int8", "int8-dynamic", "int16x8")
+    suffix = ".tflite"
+    extra = "tflite"
+    #: source formats export accepts (ONNX has no in-environment route; see tflite_convert)
+    source_formats = ("keras", "savedmodel", "torch")
+
+    def versions(self) -> dict[str, str]:
+        import importlib.metadata
+
+        found = {}
+        for dist in ("ai-edge-litert", "ai-edge-quantizer", "litert-torch"):
+            try:
+                found[dist] = importlib.metadata.version(dist)
+            except importlib.metadata.PackageNotFoundError:
+                continue
+        return found
+
+    def open_session(
+        self, path: Path, threads: int | None = None, device: str | None = None
+    ) -> TFLiteSession:
+        from edgekit.backends.tflite_validate import validate
+
+        if device not in (None, "local", "CPU", "cpu"):
+            raise DeviceError(
+                f"LiteRT here runs on the CPU (XNNPACK) only; device '{device}' is not "
+                "available (available: CPU)"
+            )
+        path = Path(path)
+        require("ai_edge_litert.interpreter", "tflite")
+        if path.is_file():
+            validate(path)
+        return TFLiteSession(path, threads)
+
+    def target_report(self, path: Path, target: Any) -> dict[str, Any]:
+        from edgekit.backends.tflite_ops import target_report
+
+        return target_report(Path(path), _is_edgetpu(target))
+
+    def export(
+        self,
+        source: SourceModel,
+        recipe: Recipe,
+        calibration: Sequence[Feeds],
+        workdir: Path,
+        stem: str,
+    ) -> ExportOutput:
+        from edgekit.backends import tflite_ops
+        from edgekit.backends.tflite_convert import convert
+        from edgekit.backends.tflite_quantize import check_recipe, quantize
+        from edgekit.backends.tflite_validate import validate
+
+        require("ai_edge_litert.interpreter", "tflite")
+        check_recipe(recipe)
+        converted = convert(source, workdir)
+        warnings: list[str] = list(converted.notes)
+        details: dict[str, Any] = {
+            "converter": "litert-torch" if source.format == "torch" else "TFLiteConverter",
+            "quantizer": None if recipe.precision == "fp32" else "ai-edge-quantizer",
+            "io_map": converted.io_map(),
+            "fp32_size_bytes": len(converted.model),
+        }
+        if any(e.get("perm") for e in converted.inputs):
+            details["input_layout"] = {
+                e["name"]: {
+                    "layout": e["layout"],
+                    "shape": e["shape"],
+                    "source_layout": e["source_layout"],
+                    "source_shape": e["source_shape"],
+                }
+                for e in converted.inputs
+                if e.get("perm")
+            }
+        model = converted.model
+        if recipe.precision != "fp32":
+            calib = _calibration_feeds(calibration, converted.inputs)
+            model = quantize(model, recipe, calib)
+        out = workdir / f"{stem}{self.suffix}"
+        tmp = workdir / f".{stem}.partial"
+        tmp.write_bytes(write_io_map(model, converted.io_map()))
+        os.replace(tmp, out)
+        validate(out, fresh=True)
+
+        if recipe.precision in ("int8", "int16x8"):
+            report = tflite_ops.analyze(out.read_bytes(), out.name)
+            details["ops"] = report.to_json()
+            if not report.integer_only:
+                islands = "; ".join(
+                    ", ".join(f"#{o.index} {o.name}" for o in isl) for isl in report.islands
+                )
+                warnings.append(
+                    f"{report.lines()[0]}: {islands}. Integer-only accelerators (Edge TPU, NPUs) "
+                    f"stop at the first; see: edgekit inspect {out.name} --target edgetpu"
+                )
+        if recipe.precision == "int16x8":
+            warnings.append(_INT16_WARNING)
+        if recipe.precision in ("int8", "int8-dynamic", "int16x8"):
+            self._payoff(converted.model, model, recipe, details, warnings)
+        return ExportOutput(primary=out, files=[out], details=details, warnings=warnings)
+
+    def _payoff(
+        self,
+        fp32: bytes,
+        quantized: bytes,
+        recipe: Recipe,
+        details: dict[str, Any],
+        warnings: list[str],
+    ) -> None:
+        from edgekit.backends.tflite_quantize import quantize
+        from edgekit.backends.tflite_speed import median_us, payoff_warning
+
+        models = {"fp32": fp32, recipe.precision: quantized}
+        figures = median_us(models)
+        if figures is None:
+            details["latency_check"] = "skipped: model too slow for a quick check"
+            return
+        if recipe.precision == "int8" and figures["int8"] > figures["fp32"]:
+            # Slower than FP32: see whether weight-only dynamic INT8 is the better suggestion.
+            dynamic = quantize(
+                fp32, replace(recipe, precision="int8-dynamic", io_dtype="float"), []
+            )
+            figures = median_us({**models, "int8-dynamic": dynamic}) or figures
+        details["latency_check_us"] = {k: round(v, 1) for k, v in figures.items()}
+        warning = payoff_warning(recipe.precision, figures)
+        if warning:
+            warnings.append(warning)
+
+
+BACKEND = TFLiteBackend()

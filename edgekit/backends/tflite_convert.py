@@ -1,0 +1,200 @@
+"""Source model -> FP32 ``.tflite`` bytes plus the I/O map between source and artifact.
+
+Routes, chosen by the source's format:
+
+* Keras 3 / legacy ``.h5`` (anything the Keras intake loads) and SavedModel: the model is traced
+  at its fixed input shapes into a SavedModel and converted with ``TFLiteConverter``. Fixed
+  shapes matter: a dynamic batch dimension leaves SHAPE/PACK ops in the graph that are float
+  islands after quantization and that an Edge TPU compiler rejects.
+* PyTorch (``nn.Module`` or ``torch.export`` program): ``litert-torch`` (extra
+  ``edgekit[torch-tflite]``). 4-D float inputs are exported channels-last (NHWC, what mobile
+  kernels and delegates want) unless the NCHW and NHWC shapes coincide, which would make a
+  feed's layout ambiguous.
+* ONNX: refused at once. The only converter (onnx2tf) pins TensorFlow 2.19 and numpy 1.26 and
+  downloads a file at run time, so it cannot live in one environment with edgekit.
+
+Quantization is not done here: every route ends in an FP32 ``.tflite`` that
+:mod:`edgekit.backends.tflite_quantize` quantizes the same way whatever the source.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgekit.errors import ConversionError, MissingDependencyError, require
+from edgekit.model import SourceModel
+
+NCHW_TO_NHWC = [0, 2, 3, 1]
+
+
+@dataclass
+class Converted:
+    """An FP32 model and how its signature relates to the source's inputs and outputs."""
+
+    model: bytes
+    #: per source input: name, signature key, and for transposed inputs layout/perm
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    notes: list[str] = field(default_factory=list)
+
+    def io_map(self) -> dict[str, Any]:
+        return {"inputs": self.inputs, "outputs": self.outputs}
+
+
+def convert(source: SourceModel, workdir: Path) -> Converted:
+    if source.format in ("keras", "savedmodel"):
+        return _from_tensorflow(source, workdir)
+    if source.format == "torch":
+        return _from_torch(source)
+    if source.format == "onnx":
+        raise ConversionError(
+            "there is no ONNX -> TFLite route inside edgekit (onnx2tf needs its own TensorFlow "
+            "and numpy versions and downloads files at run time): export the ONNX model with "
+            "--target onnxruntime or --target openvino, or export to TFLite from the source "
+            "framework (PyTorch .pt2, Keras .keras/.h5 or a SavedModel)"
+        )
+    raise ConversionError(
+        f"cannot convert a {source.format} model to TFLite; pass the PyTorch, Keras or "
+        "SavedModel source"
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    return lines[0][:300] if lines else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """TF and litert-torch print progress and SavedModel listings to stdout; our summary is
+    what the user reads."""
+    with (
+        contextlib.redirect_stdout(io.StringIO()),
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _from_tensorflow(source: SourceModel, workdir: Path) -> Converted:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    tf = require("tensorflow", "tensorflow")
+    specs = [tf.TensorSpec(s.shape, s.dtype, name=s.name) for s in source.inputs]
+    out_names = [s.name for s in source.outputs]
+    saved = Path(tempfile.mkdtemp(dir=workdir, prefix="savedmodel-"))
+    try:
+        with _quiet():
+            if source.format == "keras":
+                call, keep = _keras_callable(source.handle, specs, saved)
+            else:
+                call, keep = _savedmodel_callable(source.handle, [s.name for s in source.inputs])
+
+            @tf.function(input_signature=specs)
+            def serve(*args: Any) -> dict[str, Any]:
+                outs = call(list(args))
+                return dict(zip(out_names, outs, strict=True))
+
+            converter = tf.lite.TFLiteConverter.from_concrete_functions(
+                [serve.get_concrete_function()], keep
+            )
+            model = converter.convert()
+    except ConversionError:
+        raise
+    except Exception as exc:
+        raise ConversionError(f"TFLiteConverter failed: {_first_line(exc)}") from exc
+    inputs = [{"name": s.name, "signature": s.name} for s in source.inputs]
+    outputs = [{"name": n, "signature": n} for n in out_names]
+    return Converted(bytes(model), inputs, outputs)
+
+
+def _flat(out: Any) -> list[Any]:
+    if isinstance(out, dict):
+        return list(out.values())
+    if isinstance(out, list | tuple):
+        return list(out)
+    return [out]
+
+
+def _keras_callable(model: Any, specs: list[Any], saved: Path) -> tuple[Any, Any]:
+    """Keras 3 variables are not TF trackables the converter can freeze when a tf.function
+    captures the model; ``model.export`` writes a SavedModel whose variables it can."""
+    tf = require("tensorflow", "tensorflow")
+    signature = [specs[0]] if len(specs) == 1 else [specs]
+    model.export(str(saved), format="tf_saved_model", input_signature=signature, verbose=False)
+    loaded = tf.saved_model.load(str(saved))
+    endpoint = loaded.serve
+
+    def call(args: list[Any]) -> list[Any]:
+        return _flat(endpoint(args[0] if len(args) == 1 else args))
+
+    return call, loaded
+
+
+def _savedmodel_callable(loaded: Any, names: list[str]) -> tuple[Any, Any]:
+    sig = loaded.signatures["serving_default"]
+    out_keys = list(sig.structured_outputs)
+
+    def call(args: list[Any]) -> list[Any]:
+        outs = sig(**dict(zip(names, args, strict=True)))
+        return [outs[k] for k in out_keys]
+
+    return call, loaded
+
+
+def _from_torch(source: SourceModel) -> Converted:
+    os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
+    torch = require("torch", "torch")
+    try:
+        import litert_torch
+    except ImportError as exc:
+        raise MissingDependencyError("litert_torch", "torch-tflite") from exc
+    handle = source.handle
+    # An exported program is already traced for inference, and its module refuses eval().
+    exported = isinstance(handle, torch.export.ExportedProgram)
+    module = handle.module() if exported else handle.eval()
+    notes: list[str] = []
+    channel_last: list[int] = []
+    args = []
+    inputs: list[dict[str, Any]] = []
+    for i, spec in enumerate(source.inputs):
+        x = torch.zeros(spec.shape, dtype=getattr(torch, spec.dtype))
+        entry: dict[str, Any] = {"name": spec.name, "signature": f"args_{i}"}
+        if len(spec.shape) == 4 and x.is_floating_point():
+            nhwc = tuple(spec.shape[j] for j in NCHW_TO_NHWC)
+            if nhwc == tuple(spec.shape):
+                notes.append(
+                    f"input '{spec.name}' {list(spec.shape)} kept NCHW: its NHWC shape is the "
+                    "same, so a feed's layout could not be told apart"
+                )
+            else:
+                channel_last.append(i)
+                x = x.permute(*NCHW_TO_NHWC).contiguous()
+                entry.update(
+                    layout="NHWC",
+                    source_layout="NCHW",
+                    perm=NCHW_TO_NHWC,
+                    shape=list(nhwc),
+                    source_shape=list(spec.shape),
+                )
+        args.append(x)
+        inputs.append(entry)
+    if channel_last:
+        module = litert_torch.to_channel_last_io(module, args=channel_last)
+        # Not .eval(): it recurses into an exported program's module, which refuses it.
+        module.training = False
+    try:
+        with _quiet():
+            edge = litert_torch.convert(module, tuple(args))
+            model = edge.model_content()
+    except Exception as exc:
+        raise ConversionError(f"litert-torch failed: {_first_line(exc)}") from exc
+    outputs = [{"name": s.name, "signature": f"output_{i}"} for i, s in enumerate(source.outputs)]
+    return Converted(bytes(model), inputs, outputs, notes)

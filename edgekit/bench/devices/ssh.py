@@ -1,0 +1,243 @@
+"""A Linux board over OpenSSH: ``ssh://[user@]host[:port]``.
+
+The system ``ssh``/``scp`` do the work, so host keys, keys and proxies are checked and used as
+the user's ssh is configured (``~/.ssh/config``, or ``--ssh-config FILE``). ``BatchMode=yes``
+makes a missing key fail instead of prompting; ``ConnectTimeout`` bounds an unreachable host;
+every command has a run timeout. The runner files, the artifact's files and the inputs go to a
+``mktemp -d`` folder on the device that is removed at the end, also after a failure. Every
+argument of a remote command is quoted with ``shlex.quote`` (the remote shell joins them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from edgekit.bench.devices.process import ErrorFor, RunnerProcess
+from edgekit.errors import DeviceError, EdgekitError, UsageError
+
+_UNREACHABLE = (
+    "connection refused",
+    "timed out",
+    "no route to host",
+    "could not resolve hostname",
+    "network is unreachable",
+    "connection reset",
+    "connection closed",
+    "name or service not known",
+)
+_HOST_KEY = (
+    "host key verification failed",
+    "remote host identification has changed",
+    "host key for",
+)
+
+
+class SshDevice:
+    protocol = "runner"
+    kind = "ssh"
+    remote = True
+    accelerator = None
+
+    def __init__(
+        self,
+        spec: str,
+        python: str | None = None,
+        ssh_config: str | Path | None = None,
+        ssh_options: Sequence[str] = (),
+        connect_timeout: float = 10.0,
+        timeout: float = 600.0,
+        **_: Any,
+    ) -> None:
+        url = urlsplit(spec)
+        try:
+            port = url.port
+        except ValueError:
+            port = None
+            bad_port = True
+        else:
+            bad_port = False
+        host = url.hostname
+        if bad_port or not host or host.startswith("-") or url.path not in ("", "/"):
+            raise UsageError(
+                f"--device {spec}: expected ssh://[user@]host[:port], e.g. ssh://pi@192.168.1.7"
+            )
+        self.spec = spec
+        self.host = host
+        self.port = port
+        self.user = url.username
+        self._target = f"{url.username}@{host}" if url.username else host
+        self._python = python or os.environ.get("EDGEKIT_REMOTE_PYTHON") or "python3"
+        config = ssh_config or os.environ.get("EDGEKIT_SSH_CONFIG")
+        self._opts = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={max(1, int(connect_timeout))}"]
+        self._opts += ["-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4"]
+        if config:
+            self._opts += ["-F", str(config)]
+        for opt in ssh_options:
+            self._opts += ["-o", opt]
+        self._connect_timeout = connect_timeout
+        self._timeout = timeout
+        self._remote_dir: str | None = None
+        self._stage = Path(tempfile.mkdtemp(prefix="edgekit-ssh-"))
+        self._count = 0
+        self._legacy_scp = False
+
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port}" if self.port else self.host
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec,
+            "kind": self.kind,
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "python": self._python,
+        }
+
+    def _ssh(self, command: str) -> list[str]:
+        port = ["-p", str(self.port)] if self.port else []
+        return ["ssh", *self._opts, *port, self._target, command]
+
+    def _call(self, argv: list[str], what: str, timeout: float) -> str:
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        except FileNotFoundError as exc:
+            raise DeviceError(
+                f"{argv[0]} not found: install the OpenSSH client (e.g. apt install openssh-client)"
+            ) from exc
+        except subprocess.TimeoutExpired as exc:
+            raise DeviceError(
+                f"{self.where}: {what} did not finish within {timeout:.0f} s; check the device "
+                "or raise --timeout"
+            ) from exc
+        if done.returncode != 0:
+            raise ssh_error(self.where, done.returncode, done.stderr, what)
+        return done.stdout
+
+    def _ensure_dir(self) -> str:
+        if self._remote_dir is None:
+            out = self._call(
+                self._ssh('mktemp -d "${TMPDIR:-/tmp}/edgekit-bench.XXXXXX"'),
+                "creating a work folder",
+                self._connect_timeout + 30,
+            )
+            lines = out.strip().splitlines()
+            if not lines or not lines[-1].startswith("/"):
+                raise DeviceError(f"{self.where}: mktemp -d gave no folder (got {out.strip()!r})")
+            self._remote_dir = lines[-1]
+        return self._remote_dir
+
+    def start(
+        self,
+        runner: Path,
+        files: Sequence[Path],
+        args: Sequence[str],
+        inputs: Path | None,
+        label: str,
+        error_for: ErrorFor,
+    ) -> RunnerProcess:
+        remote = self._ensure_dir()
+        self._count += 1
+        sub = f"a{self._count}"
+        stage = self._stage / sub
+        stage.mkdir()
+        for f in [runner.parent / "_harness.py", runner, *files, *([inputs] if inputs else [])]:
+            _link(f, stage / f.name)
+        self._copy(stage, remote)
+        base = f"{remote}/{sub}"
+        argv = [self._python, f"{base}/{runner.name}", f"{base}/{files[0].name}", *args]
+        argv += ["--inputs", f"{base}/{inputs.name}" if inputs else "random"]
+        command = " ".join(shlex.quote(a) for a in argv)
+        return RunnerProcess(
+            self._ssh(command),
+            label=label,
+            timeout=self._timeout,
+            error_for=error_for,
+            exit_error=lambda code, err: _runner_exit(self.where, self._python, code, err),
+        )
+
+    def _copy(self, local: Path, remote: str) -> None:
+        port = ["-P", str(self.port)] if self.port else []
+        legacy = ["-O"] if self._legacy_scp else []
+        dest = f"{self._target}:{remote}/"
+        argv = ["scp", "-q", "-r", *legacy, *self._opts, *port, str(local), dest]
+        try:
+            self._call(argv, "copying the runner and artifact", self._timeout)
+        except DeviceError:
+            if self._legacy_scp:
+                raise
+            # scp speaks SFTP since OpenSSH 9; boards whose sshd has no sftp subsystem close
+            # the connection, and the classic scp protocol (-O) still works there.
+            self._legacy_scp = True
+            self._copy(local, remote)
+
+    def close(self) -> None:
+        """Remove the device's work folder and the local staging copy."""
+        shutil.rmtree(self._stage, ignore_errors=True)
+        if self._remote_dir is None:
+            return
+        remote, self._remote_dir = self._remote_dir, None
+        # A failed clean-up must not hide the error or result the user is about to see.
+        with contextlib.suppress(DeviceError):
+            self._call(
+                self._ssh(f"rm -rf -- {shlex.quote(remote)}"),
+                "removing the work folder",
+                self._connect_timeout + 30,
+            )
+
+
+def _link(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def ssh_error(where: str, code: int, stderr: str, what: str) -> EdgekitError:
+    """One clear line for why ssh/scp failed: unreachable, key refused, unknown host key."""
+    lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
+    last = lines[-1][:300] if lines else f"exit code {code}"
+    low = stderr.lower()
+    if "permission denied" in low or "too many authentication failures" in low:
+        return DeviceError(
+            f"{where}: authentication failed ({last}); check the user name and that your public "
+            "key is in the device's ~/.ssh/authorized_keys (passwords are not asked: BatchMode)"
+        )
+    if any(s in low for s in _HOST_KEY):
+        return DeviceError(
+            f"{where}: host key not verified ({last}); connect once with ssh to check and "
+            "record the device's host key in known_hosts"
+        )
+    if any(s in low for s in _UNREACHABLE):
+        return DeviceError(
+            f"{where}: unreachable ({last}); check the address and port, and that sshd runs there"
+        )
+    return DeviceError(f"{where}: {what} failed ({last})")
+
+
+def _runner_exit(where: str, python: str, code: int, stderr: str) -> EdgekitError:
+    if code == 255:
+        return ssh_error(where, code, stderr, "running the benchmark")
+    if code == 127:
+        return DeviceError(
+            f"{where}: '{python}' was not found on the device; install Python 3 with numpy there "
+            "or pass --remote-python PATH"
+        )
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    last = lines[-1][:300] if lines else "no message"
+    if "numpy" in last and ("ModuleNotFoundError" in last or "ImportError" in last):
+        return DeviceError(f"{where}: numpy is missing for {python} on the device: {last}")
+    return DeviceError(f"{where}: the runner stopped (exit code {code}): {last}")
+
+
+DEVICE_CLASS = SshDevice

@@ -1,0 +1,421 @@
+"""The benchmark harness on this machine: statistics against numpy, the three runners on real
+artifacts of each runtime, the interleaved flow, memory figures, inputs, errors and the CLI."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx_models import conv_model, linear_model
+
+import edgekit
+from edgekit.backends import backend_names, get_backend
+from edgekit.bench import interleave, stats
+from edgekit.bench.devices.local import LocalDevice
+from edgekit.bench.harness import RUNNERS_DIR
+from edgekit.bench.schema import validate
+from edgekit.bench.sysinfo import parse_cpuinfo
+from edgekit.cli import main
+from edgekit.errors import (
+    DataError,
+    DeviceError,
+    EdgekitError,
+    MissingDependencyError,
+    ModelFormatError,
+    ModelNotFoundError,
+    UsageError,
+)
+
+RNG = np.random.default_rng(0)
+
+
+# ---------------------------------------------------------------- statistics
+
+
+@pytest.mark.parametrize(
+    "sample",
+    [
+        [3.0],
+        [2.0, 1.0],
+        [5.0, 1.0, 4.0, 2.0, 3.0],
+        list(RNG.exponential(2.0, 101)),
+        list(RNG.lognormal(0.0, 0.5, 1000)),
+    ],
+    ids=["one", "two", "five", "exp101", "lognormal1000"],
+)
+def test_stats_match_numpy(sample):
+    s = stats.summarize(sample)
+    a = np.asarray(sample)
+    for q in (50, 90, 99):
+        assert s[f"p{q}"] == pytest.approx(np.percentile(a, q), rel=1e-12)
+    assert s["mean"] == pytest.approx(a.mean(), rel=1e-12)
+    assert s["std"] == pytest.approx(a.std(), rel=1e-9, abs=1e-15)
+    assert s["cv"] == pytest.approx(a.std() / a.mean(), rel=1e-9, abs=1e-15)
+    assert (s["min"], s["max"], s["runs"]) == (a.min(), a.max(), len(a))
+    assert s["throughput_ips"] == pytest.approx(len(a) / (a.sum() / 1e3))
+
+
+def test_percentile_by_hand():
+    # ranks 0..3 of [10, 20, 30, 40]: p50 at rank 1.5 -> 25, p90 at rank 2.7 -> 37
+    assert stats.percentile([40, 10, 30, 20], 50) == 25
+    assert stats.percentile([40, 10, 30, 20], 90) == pytest.approx(37)
+    with pytest.raises(ValueError):
+        stats.percentile([], 50)
+
+
+def test_rounds_are_interleaved_and_split_evenly():
+    assert interleave.split(10, 3) == [4, 3, 3]
+    assert interleave.split(2, 10) == [1, 1]
+    order: list[tuple[str, int]] = []
+
+    def run(handle: str, n: int, seconds: float) -> list[float]:
+        order.append((handle, n))
+        return [1.0] * n
+
+    times = interleave.run_rounds(["A", "B", "C"], 7, 3, 0.0, run)
+    assert [h for h, _ in order] == ["A", "B", "C"] * 3
+    assert [n for h, n in order if h == "A"] == [3, 2, 2]
+    assert [len(t) for t in times] == [7, 7, 7]
+
+
+def test_cpuinfo_x86_and_arm():
+    x86 = (
+        "processor\t: 0\nmodel\t\t: 143\nmodel name\t: Intel Xeon\n"
+        "flags\t\t: fpu sse4_2 avx2 avx512f avx512_vnni amx_int8\n\nprocessor\t: 1\n"
+    )
+    info = parse_cpuinfo(x86)
+    assert info["model"] == "Intel Xeon" and info["logical_cpus"] == 2
+    assert info["isa"] == ["sse4_2", "avx2", "avx512f", "avx512_vnni", "amx_int8"]
+    arm = (
+        "processor\t: 0\nFeatures\t: fp asimd asimdhp asimddp i8mm\n"
+        "CPU implementer\t: 0x41\nCPU part\t: 0xd41\n"
+    )
+    info = parse_cpuinfo(arm)
+    assert info["isa"] == ["asimd", "asimdhp", "asimddp", "i8mm"]
+    assert info["model"] == "ARM implementer 0x41 part 0xd41"
+
+
+# ---------------------------------------------------------------- artifacts of each runtime
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A small conv net as ONNX (onnx.helper), OpenVINO IR (ov.convert_model) and TFLite
+    (keras -> TFLiteConverter at fp32 and full int8)."""
+    d = tmp_path_factory.mktemp("bench_models")
+    out = {"onnx": d / "conv.onnx"}
+    onnx.save(conv_model(RNG.standard_normal((4, 2, 3, 3)).astype(np.float32)), out["onnx"])
+    import openvino as ov
+
+    out["openvino"] = d / "conv.xml"
+    ov.save_model(ov.convert_model(str(out["onnx"])), str(out["openvino"]), compress_to_fp16=False)
+    out["openvino_fp16"] = d / "conv_fp16.xml"
+    ov.save_model(ov.convert_model(str(out["onnx"])), str(out["openvino_fp16"]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tflite_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    import keras
+    import tensorflow as tf
+
+    d = tmp_path_factory.mktemp("bench_tflite")
+    model = keras.Sequential(
+        [
+            keras.Input((12, 12, 1)),
+            keras.layers.Conv2D(8, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(4),
+        ]
+    )
+    calib = [RNG.random((1, 12, 12, 1), dtype=np.float32) for _ in range(8)]
+    paths = {}
+    for precision in ("fp32", "fp16", "int8"):
+        conv = tf.lite.TFLiteConverter.from_keras_model(model)
+        if precision == "fp16":
+            conv.optimizations = [tf.lite.Optimize.DEFAULT]
+            conv.target_spec.supported_types = [tf.float16]
+        if precision == "int8":
+            conv.optimizations = [tf.lite.Optimize.DEFAULT]
+            conv.representative_dataset = lambda: ([x] for x in calib)
+            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        paths[precision] = d / f"tiny_{precision}.tflite"
+        paths[precision].write_bytes(conv.convert())
+    return paths
+
+
+def _start(runner: str, path: Path, *args: str, accelerator: str = "local"):
+    """A runner process on this machine, without the backend registry."""
+
+    def error_for(kind: str, message: str) -> EdgekitError:
+        return (DeviceError if kind == "device" else EdgekitError)(f"{kind}: {message}")
+
+    return LocalDevice(accelerator).start(
+        RUNNERS_DIR / f"{runner}.py", [path], ["--seed", "0", *args], None, path.name, error_for
+    )
+
+
+def _drive(handle, n: int = 5) -> tuple[dict, list[float], dict]:
+    try:
+        handle.warmup(2)
+        times = handle.run(n)
+        bye = handle.finish()
+    finally:
+        handle.close()
+    return handle.ready, times, bye
+
+
+def test_onnxruntime_runner(models):
+    import onnxruntime
+
+    ready, times, bye = _drive(_start("onnxruntime", models["onnx"], "--threads", "1"))
+    assert ready["runtime"] == "onnxruntime" and ready["version"] == onnxruntime.__version__
+    assert ready["inputs"] == [{"name": "x", "dtype": "float32", "shape": [1, 2, 6, 6]}]
+    assert ready["info"]["threads"] == 1
+    assert len(times) == 5 and all(t > 0 for t in times)
+    assert bye["peak_rss_kb"] >= ready["idle_rss_kb"] > 0
+
+
+def test_openvino_runner_reports_the_precision_it_compiled_with(models):
+    import openvino as ov
+
+    ready, times, _ = _drive(_start("openvino", models["openvino"], "--threads", "1"))
+    assert ready["runtime"] == "openvino" and ready["version"] == ov.__version__.split("-")[0]
+    assert ready["info"]["threads"] == 1 and len(times) == 5
+    # An FP32 IR runs in f32 by default, whatever the CPU plugin would choose on its own.
+    assert ready["info"]["inference_precision_hint"] == "f32"
+    assert ready["info"]["effective_precision"] == "f32"
+    # 'auto', and FP16-compressed IRs by default, get the plugin's own choice on this CPU
+    # (bf16 on AVX512-BF16/AMX CPUs, else f32), read here from OpenVINO itself.
+    native = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
+    ready, _, _ = _drive(_start("openvino", models["openvino"], "--inference-precision", "auto"))
+    assert ready["info"]["inference_precision_hint"] == native
+    assert ready["info"]["layer_precisions"] == {native: 1}  # the one Convolution
+    ready, _, _ = _drive(_start("openvino", models["openvino_fp16"]))
+    assert ready["info"]["inference_precision_hint"] == native
+
+
+def test_openvino_runner_absent_accelerator(models):
+    with pytest.raises(DeviceError, match="'NPU' is not available"):
+        _drive(_start("openvino", models["openvino"], "--accelerator", "NPU"))
+
+
+def test_tflite_runner_effective_precision(tflite_models):
+    found = {}
+    for precision, path in tflite_models.items():
+        ready, times, _ = _drive(_start("tflite", path, "--threads", "1"))
+        assert ready["runtime"] == "litert" and len(times) == 5
+        assert ready["inputs"][0]["shape"] == [1, 12, 12, 1]
+        found[precision] = ready["info"]["effective_precision"]
+    assert found == {"fp32": "fp32", "fp16": "fp32 (fp16 weights)", "int8": "int8"}
+
+
+ALLOWED_IMPORTS = set(sys.stdlib_module_names) | {
+    "numpy",
+    "_harness",
+    "onnxruntime",
+    "onnx",  # optional, host side only: external-data file names
+    "openvino",
+    "ai_edge_litert",
+    "tflite_runtime",
+}
+
+
+def _imports(path: Path) -> set[str]:
+    """Top-level package names a file imports anywhere (functions included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_harness_imports_only_stdlib_and_numpy():
+    assert _imports(RUNNERS_DIR / "_harness.py") <= set(sys.stdlib_module_names) | {"numpy"}
+
+
+def test_every_registered_backend_has_a_standalone_runner():
+    """A backend joins `edgekit benchmark` by adding runners/<name>.py; the runner imports
+    nothing from edgekit (it is copied to devices)."""
+    for name in backend_names():
+        path = RUNNERS_DIR / f"{name}.py"
+        assert path.is_file(), f"no benchmark runner for backend {name}"
+        module = importlib.import_module(f"edgekit.bench.runners.{name}")
+        for attr in ("RUNTIME", "PIP", "import_runtime", "load", "companion_files"):
+            assert hasattr(module, attr), f"runners/{name}.py lacks {attr}"
+        assert _imports(path) <= ALLOWED_IMPORTS | {name}, path
+        assert get_backend(name).suffix
+
+
+# ---------------------------------------------------------------- the flow, through the API
+
+
+@pytest.fixture(scope="module")
+def onnx_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two linear models of the same input, with 40 KB and 40 MB of weights."""
+    d = tmp_path_factory.mktemp("pair")
+    small, big = d / "small.onnx", d / "big.onnx"
+    onnx.save(
+        linear_model(RNG.random((100, 100), np.float32), np.zeros(100, np.float32), ("N", 100)),
+        small,
+    )
+    onnx.save(
+        linear_model(
+            RNG.random((100, 100_000), np.float32), np.zeros(100_000, np.float32), ("N", 100)
+        ),
+        big,
+    )
+    return small, big
+
+
+def test_interleaved_benchmark_json_and_memory_relation(onnx_pair):
+    small, big = onnx_pair
+    result = edgekit.benchmark([small, big], runs=20, warmup=2, threads=1, rounds=4)
+    doc = result.to_json()
+    assert validate(doc) == []
+    assert json.loads(json.dumps(doc)) == doc
+    assert doc["settings"]["interleaved"] and doc["settings"]["rounds"] == 4
+    first, second = doc["results"]
+    assert first["vs_first"]["p50"] == 1.0
+    assert second["vs_first"]["p50"] == pytest.approx(
+        second["timing_ms"]["p50"] / first["timing_ms"]["p50"]
+    )
+    for r, path in ((first, small), (second, big)):
+        assert r["size_bytes"] == path.stat().st_size
+        assert r["timing_ms"]["runs"] == 20
+        m = r["memory_mib"]
+        assert (
+            m["idle"] > 0
+            and m["increase"] > 0
+            and m["peak"] == pytest.approx(m["idle"] + m["increase"], abs=0.01)
+        )
+    # 40 MB of weights more must show as (at least most of) 38 MiB more resident memory.
+    grown = second["memory_mib"]["increase"] - first["memory_mib"]["increase"]
+    assert grown > 30, (first["memory_mib"], second["memory_mib"])
+    assert "ratio" not in result.table() and "p50 ×" in result.table()
+
+
+def test_inputs_from_npz(tmp_path, onnx_pair):
+    small, _ = onnx_pair
+    good = tmp_path / "good.npz"
+    np.savez(good, x=RNG.random((5, 100), dtype=np.float64))  # the batch is dynamic: 5
+    r = edgekit.benchmark(small, inputs=good, runs=3, warmup=0).results[0]
+    assert r["inputs"] == [{"name": "x", "dtype": "float32", "shape": [5, 100]}]
+    wrong_name = tmp_path / "wrong.npz"
+    np.savez(wrong_name, image=RNG.random((1, 100), dtype=np.float32), labels=np.zeros(1))
+    with pytest.raises(DataError, match="no array named 'x'"):
+        edgekit.benchmark(small, inputs=wrong_name, runs=1)
+    wrong_shape = tmp_path / "shape.npy"
+    np.save(wrong_shape, RNG.random((1, 99), dtype=np.float32))
+    with pytest.raises(DataError, match=r"shape \[1, 99\], the model takes \['\?', 100\]"):
+        edgekit.benchmark(small, inputs=wrong_shape, runs=1)
+
+
+def test_inputs_static_batch_takes_the_first_rows(tmp_path, models):
+    data = tmp_path / "four.npz"
+    np.savez(data, x=RNG.random((4, 2, 6, 6), dtype=np.float32))
+    r = edgekit.benchmark(models["onnx"], inputs=data, runs=2, warmup=0).results[0]
+    assert r["inputs"] == [{"name": "x", "dtype": "float32", "shape": [1, 2, 6, 6]}]
+
+
+def test_errors(tmp_path, onnx_pair):
+    small, _ = onnx_pair
+    with pytest.raises(ModelNotFoundError):
+        edgekit.benchmark(tmp_path / "absent.onnx")
+    (tmp_path / "model.pb").write_bytes(b"x")
+    with pytest.raises(UsageError, match="not an artifact of any backend"):
+        edgekit.benchmark(tmp_path / "model.pb")
+    (tmp_path / "corrupt.onnx").write_bytes(b"\x08\x07garbage")
+    with pytest.raises(ModelFormatError, match=r"corrupt\.onnx"):
+        edgekit.benchmark(tmp_path / "corrupt.onnx", runs=1)
+    with pytest.raises(UsageError, match="--pin"):
+        edgekit.benchmark(small, pin="a-b")
+    with pytest.raises(UsageError, match="--runs"):
+        edgekit.benchmark(small, runs=0)
+    with pytest.raises(DeviceError, match="no 'GPU'"):
+        edgekit.benchmark(small, device="GPU", runs=1)
+    with pytest.raises(UsageError, match="unknown device kind"):
+        edgekit.benchmark(small, device="telnet://board")
+
+
+def test_missing_runtime_names_the_extra(tmp_path, onnx_pair):
+    """A Python without onnxruntime runs the runner: its import fails and edgekit says which
+    extra to install."""
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    with pytest.raises(MissingDependencyError, match=r"edgekit\[onnx\]"):
+        edgekit.benchmark(onnx_pair[0], remote_python=str(bare / "bin" / "python"))
+
+
+def test_one_interleaved_run_over_every_backend(models, tflite_models):
+    """ONNX, OpenVINO IR and TFLite side by side, each through its backend's runner."""
+    wanted = {"onnxruntime": models["onnx"], "openvino": models["openvino"]}
+    wanted["tflite"] = tflite_models["fp32"]
+    missing = set(wanted) - set(backend_names())
+    if missing:
+        pytest.skip(f"backends not registered yet: {sorted(missing)}")
+    result = edgekit.benchmark(list(wanted.values()), runs=6, warmup=1, threads=1, rounds=3)
+    assert validate(result.to_json()) == []
+    by_backend = {r["backend"]: r for r in result.results}
+    assert set(by_backend) == set(wanted)
+    assert [r["runtime"]["name"] for r in result.results] == ["onnxruntime", "openvino", "litert"]
+    ir = by_backend["openvino"]
+    xml, weights = models["openvino"], models["openvino"].with_suffix(".bin")
+    assert [f["name"] for f in ir["files"]] == [xml.name, weights.name]
+    assert ir["size_bytes"] == xml.stat().st_size + weights.stat().st_size
+    assert ir["precision"]["effective"] == "f32"
+    assert by_backend["tflite"]["precision"]["effective"] == "fp32"
+    assert all(r["timing_ms"]["runs"] == 6 for r in result.results)
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_cli_table_and_json(onnx_pair, capsys):
+    small, big = onnx_pair
+    assert main(["benchmark", str(small), str(big), "--runs", "6", "--warmup", "1"]) == 0
+    table = capsys.readouterr().out
+    assert "small.onnx" in table and "big.onnx" in table and "interleaved" in table
+    assert main(["benchmark", str(small), "--runs", "4", "--json", "--pin", "0"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["schema_version"] == 1 and doc["settings"]["pin"] == "0"
+    assert doc["results"][0]["timing_ms"]["runs"] == 4
+
+
+def test_cli_errors_are_one_line_with_exit_codes(tmp_path, onnx_pair, capsys):
+    cases = [
+        (["benchmark", str(tmp_path / "none.onnx")], 3),
+        (["benchmark", str(onnx_pair[0]), "--runs", "0"], 2),
+        (["benchmark", str(onnx_pair[0]), "--device", "GPU"], 8),
+        (["benchmark", str(onnx_pair[0]), "--inputs", str(tmp_path / "none.npz")], 5),
+    ]
+    for argv, code in cases:
+        try:
+            got = main(argv)
+        except SystemExit as exc:  # argparse's usage errors
+            got = exc.code
+        err = capsys.readouterr().err
+        assert got == code, (argv, err)
+        assert err.startswith("edgekit: error:") and err.count("\n") == 1, err
+        assert "Traceback" not in err
+
+
+def test_benchmark_help_imports_no_framework():
+    code = (
+        "import sys\nfrom edgekit.cli import main\n"
+        "try:\n    main(['benchmark', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print([m for m in ('tensorflow', 'torch', 'openvino', 'onnxruntime', 'onnx') "
+        "if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert "--inference-precision" in out.stdout

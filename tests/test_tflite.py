@@ -1,0 +1,372 @@
+"""TFLite/LiteRT backend: every source at every precision against the FP32 source run in its own
+framework, integer I/O, malformed and crash-inducing files, the ONNX refusal and the Edge TPU
+report. Real converters, quantizer and runtime throughout."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+from conftest import feeds
+
+import edgekit
+from edgekit import samples
+from edgekit.errors import ConversionError, ModelFormatError, UsageError
+
+PRECISIONS = ["fp32", "fp16", "int8", "int8-dynamic", "int16x8"]
+N_CALIB = 64
+N_EVAL = 100
+HAS_LITERT_TORCH = importlib.util.find_spec("litert_torch") is not None
+
+
+def _keras_ref(model, x: np.ndarray) -> np.ndarray:
+    return np.asarray(model(x, training=False))
+
+
+def _torch_ref(model, x: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+def write_keras2_h5(model, path) -> None:
+    """Write ``model`` (the digits CNN) as Keras 2.x's ``model.save('x.h5')`` did: Keras-2 layer
+    configs (``batch_input_shape``, string dtypes, nested-list ``inbound_nodes``) and weights
+    named ``layer/kernel:0``. tf_keras is not needed to produce or read it."""
+    init = {"kernel_initializer": {"class_name": "GlorotUniform", "config": {"seed": None}}}
+    init["bias_initializer"] = {"class_name": "Zeros", "config": {}}
+    for k in ("kernel", "bias", "activity"):
+        init[f"{k}_regularizer"] = None
+    init.update(kernel_constraint=None, bias_constraint=None)
+    inp = model.layers[0]
+    layers = [
+        {
+            "class_name": "InputLayer",
+            "name": inp.name,
+            "inbound_nodes": [],
+            "config": {
+                "batch_input_shape": [None, 32, 32, 1],
+                "dtype": "float32",
+                "name": inp.name,
+            },
+        }
+    ]
+    prev = inp.name
+    for layer in model.layers[1:]:
+        kind = type(layer).__name__
+        cfg = {"name": layer.name, "trainable": True, "dtype": "float32"}
+        if kind == "Conv2D":
+            cfg.update(
+                filters=layer.filters,
+                kernel_size=list(layer.kernel_size),
+                strides=[1, 1],
+                padding=layer.padding,
+                data_format="channels_last",
+                dilation_rate=[1, 1],
+                groups=1,
+                activation=layer.activation.__name__,
+                use_bias=True,
+                **init,
+            )
+        elif kind == "Dense":
+            cfg.update(
+                units=layer.units, activation=layer.activation.__name__, use_bias=True, **init
+            )
+        elif kind == "MaxPooling2D":
+            cfg.update(pool_size=[2, 2], padding="valid", strides=[2, 2])
+        elif kind == "Flatten":
+            cfg["data_format"] = "channels_last"
+        layers.append(
+            {
+                "class_name": kind,
+                "config": cfg,
+                "name": layer.name,
+                "inbound_nodes": [[[prev, 0, 0, {}]]],
+            }
+        )
+        prev = layer.name
+    config = {
+        "class_name": "Functional",
+        "config": {
+            "name": "model",
+            "layers": layers,
+            "input_layers": [[inp.name, 0, 0]],
+            "output_layers": [[prev, 0, 0]],
+        },
+        "keras_version": "2.15.0",
+        "backend": "tensorflow",
+    }
+    with h5py.File(path, "w") as f:
+        f.attrs["keras_version"] = b"2.15.0"
+        f.attrs["backend"] = b"tensorflow"
+        f.attrs["model_config"] = json.dumps(config).encode()
+        weights = f.create_group("model_weights")
+        weights.attrs["layer_names"] = np.array([la.name.encode() for la in model.layers])
+        weights.attrs["backend"] = b"tensorflow"
+        weights.attrs["keras_version"] = b"2.15.0"
+        for layer in model.layers:
+            group = weights.create_group(layer.name)
+            names = []
+            for kind, value in zip(("kernel", "bias"), layer.get_weights(), strict=False):
+                names.append(f"{layer.name}/{kind}:0".encode())
+                group.create_dataset(f"{layer.name}/{kind}:0", data=value)
+            group.attrs["weight_names"] = np.array(names, dtype="S")
+
+
+@pytest.fixture(scope="module")
+def tf_sources(keras_cnn, tmp_path_factory):
+    """The Keras CNN as an in-memory model, a Keras-2-layout .h5 file and a SavedModel."""
+    folder = tmp_path_factory.mktemp("tf_sources")
+    h5 = folder / "digits_keras2.h5"
+    write_keras2_h5(keras_cnn, h5)
+    saved = folder / "digits_savedmodel"
+    keras_cnn.export(str(saved), verbose=False)
+    return {"keras": keras_cnn, "keras2-h5": h5, "savedmodel": saved}
+
+
+def _export(model, precision, tmp_path, digits, name, layout, **kwargs):
+    x_train, _, x_test, _ = digits
+    return edgekit.export(
+        model,
+        "tflite",
+        precision,
+        output_dir=tmp_path,
+        calibration=feeds(x_train[:N_CALIB], name, layout),
+        eval_data=feeds(x_test[:N_EVAL], name, layout),
+        eval_samples=N_EVAL,
+        name="digits",
+        **kwargs,
+    )
+
+
+def _check_against(report, precision, name, x, want):
+    session = edgekit.load(report.artifact, threads=1)
+    got = np.concatenate([session.run({name: x[i : i + 1]})[0] for i in range(len(x))])
+    top1 = float(np.mean(got.argmax(1) == want.argmax(1)))
+    if precision == "fp32":
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+    elif precision == "fp16":
+        np.testing.assert_allclose(got, want, atol=5e-2, rtol=1e-2)
+        assert top1 == 1.0
+    else:
+        assert top1 >= 0.97, f"{precision} top-1 agreement {top1:.3f}"
+        # int8 logits are within a few quantization steps of FP32, not just the same class
+        spread = float(np.ptp(want))
+        assert np.abs(got - want).max() < 0.25 * spread, precision
+    assert report.agreement.samples == N_EVAL
+    assert report.agreement.top1_agreement == pytest.approx(top1, abs=1e-9)
+    return session
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("source", ["keras", "keras2-h5", "savedmodel"])
+def test_tensorflow_sources_match_fp32(source, precision, tf_sources, keras_cnn, digits, tmp_path):
+    report = _export(tf_sources[source], precision, tmp_path, digits, "image", "NHWC")
+    meta = json.loads(report.sidecar.read_text())
+    assert meta["backend"] == "tflite" and meta["recipe"]["precision"] == precision
+    assert meta["source"]["format"] == ("savedmodel" if source == "savedmodel" else "keras")
+    assert report.artifact.suffix == ".tflite"
+    x = samples.to_input(digits[2][:N_EVAL], layout="NHWC")
+    _check_against(report, precision, "image", x, _keras_ref(keras_cnn, x))
+    if precision == "int16x8":
+        assert any("reference kernels" in w for w in report.warnings)
+
+
+@pytest.mark.skipif(
+    not HAS_LITERT_TORCH,
+    reason="litert-torch is not installed: pip install 'edgekit[torch-tflite]' (in edgekit[all])",
+)
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_torch_source_matches_fp32(precision, torch_cnn, digits, tmp_path):
+    example = (np.zeros((1, 1, 32, 32), np.float32),)
+    report = _export(
+        torch_cnn, precision, tmp_path, digits, "input", "NCHW", example_inputs=example
+    )
+    meta = json.loads(report.sidecar.read_text())
+    # Exported channels-last, and the sidecar says so.
+    assert meta["inputs"][0]["shape"] == [1, 32, 32, 1]
+    layout = meta["backend_details"]["input_layout"]["input"]
+    assert layout["layout"] == "NHWC" and layout["source_shape"] == [1, 1, 32, 32]
+    x = samples.to_input(digits[2][:N_EVAL], layout="NCHW")
+    want = _torch_ref(torch_cnn, x)
+    session = _check_against(report, precision, "input", x, want)
+    # The same pictures fed in the artifact's own NHWC layout give the same outputs.
+    nhwc = np.transpose(x[:4], (0, 2, 3, 1))
+    for i in range(4):
+        np.testing.assert_array_equal(
+            session.run({"input": nhwc[i : i + 1]})[0], session.run({"input": x[i : i + 1]})[0]
+        )
+
+
+@pytest.mark.parametrize("io", ["int8", "uint8"])
+def test_integer_io(io, keras_cnn, digits, tmp_path):
+    report = _export(keras_cnn, "int8", tmp_path, digits, "image", "NHWC", io_dtype=io)
+    session = edgekit.load(report.artifact)
+    (spec_in,), (spec_out,) = session.inputs, session.outputs
+    assert spec_in.dtype == io and spec_out.dtype == io
+    meta = json.loads(report.sidecar.read_text())
+    assert meta["inputs"][0]["quantization"]["dtype"] == io
+    s_in, z_in = spec_in.quantization["scale"][0], spec_in.quantization["zero_point"][0]
+    s_out, z_out = spec_out.quantization["scale"][0], spec_out.quantization["zero_point"][0]
+    # Calibration pictures span [0, 1]: 256 levels over that range.
+    assert s_in == pytest.approx(1 / 255, rel=0.02)
+    info = np.iinfo(io)
+    x = samples.to_input(digits[2][:N_EVAL], layout="NHWC")
+    xq = np.clip(np.round(x / s_in) + z_in, info.min, info.max).astype(io)
+    raw = np.concatenate([session.run({"image": xq[i : i + 1]})[0] for i in range(len(x))])
+    assert raw.dtype == np.dtype(io)
+    got = (raw.astype(np.float32) - z_out) * s_out
+    want = _keras_ref(keras_cnn, x)
+    assert np.mean(got.argmax(1) == want.argmax(1)) >= 0.97
+    assert np.abs(got - want).max() < 0.25 * float(np.ptp(want))
+
+
+def _crash_model(valid: bytes) -> bytes:
+    """A model LiteRT segfaults on: two init subgraphs that CALL_ONCE each other forever."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils as fbu
+
+    model = fbu.read_model_from_bytearray(bytearray(valid))
+    code = schema.OperatorCodeT()
+    code.builtinCode = schema.BuiltinOperator.CALL_ONCE
+    code.deprecatedBuiltinCode = 127  # the placeholder for codes above 127
+    code.version = 1
+    model.operatorCodes.append(code)
+
+    def call(target: int):
+        op = schema.OperatorT()
+        op.opcodeIndex = len(model.operatorCodes) - 1
+        op.inputs, op.outputs = [], []
+        op.builtinOptionsType = schema.BuiltinOptions.CallOnceOptions
+        op.builtinOptions = schema.CallOnceOptionsT()
+        op.builtinOptions.initSubgraphIndex = target
+        return op
+
+    first = len(model.subgraphs)
+    for target in (first + 1, first):
+        graph = schema.SubGraphT()
+        graph.tensors, graph.inputs, graph.outputs = [], [], []
+        graph.operators = [call(target)]
+        model.subgraphs.append(graph)
+    model.subgraphs[0].operators.insert(0, call(first))
+    return bytes(fbu.convert_object_to_bytearray(model))
+
+
+@pytest.fixture(scope="module")
+def fp32_keras_tflite(keras_cnn, digits, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fp32")
+    return _export(keras_cnn, "fp32", out, digits, "image", "NHWC").artifact
+
+
+def test_crashing_tflite_is_an_error_not_a_dead_process(fp32_keras_tflite, tmp_path):
+    bad = tmp_path / "crash.tflite"
+    bad.write_bytes(_crash_model(fp32_keras_tflite.read_bytes()))
+    # Independent proof that the file kills a process that loads and runs it with LiteRT.
+    child = (
+        "import sys, numpy as np\n"
+        "from ai_edge_litert.interpreter import Interpreter\n"
+        "i = Interpreter(model_path=sys.argv[1]); i.allocate_tensors()\n"
+        "d = i.get_input_details()[0]; i.set_tensor(d['index'], np.zeros(d['shape'], d['dtype']))\n"
+        "i.invoke()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", child, str(bad)], capture_output=True)
+    assert proc.returncode < 0, "the crafted model no longer crashes LiteRT"
+    with pytest.raises(ModelFormatError, match="crashed"):
+        edgekit.load(bad)
+    with pytest.raises(ModelFormatError, match="crashed"):
+        edgekit.describe(bad)
+    cli = subprocess.run(
+        [sys.executable, "-m", "edgekit", "inspect", str(bad)], capture_output=True, text=True
+    )
+    assert cli.returncode == 4
+    assert cli.stderr.startswith("edgekit: error:") and "crashed" in cli.stderr
+    assert "Traceback" not in cli.stderr
+
+
+def test_corrupt_and_random_tflite(fp32_keras_tflite, tmp_path):
+    data = fp32_keras_tflite.read_bytes()
+    cases = {
+        "truncated.tflite": data[: len(data) // 3],
+        "flipped.tflite": bytes(b ^ 0xFF if 8 <= i < 4096 else b for i, b in enumerate(data)),
+        "random.tflite": b"\x1c\x00\x00\x00TFL3" + np.random.default_rng(0).bytes(4096),
+    }
+    for name, content in cases.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(ModelFormatError, match=name):
+            edgekit.load(path)
+
+
+def test_onnx_source_fails_at_once_naming_the_routes(onnx_cnn, tmp_path):
+    with pytest.raises(ConversionError, match="--target onnxruntime or --target openvino"):
+        edgekit.export(onnx_cnn, "tflite", "fp32", output_dir=tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_flags_tflite_cannot_honour(keras_cnn, digits, tmp_path):
+    cases = [
+        ({"precision": "int8", "reduce_range": True}, "--reduce-range"),
+        ({"precision": "int8", "calibration_method": "entropy"}, "--calibration-method entropy"),
+        ({"precision": "fp16", "io_dtype": "int8"}, "--io int8"),
+        ({"precision": "int8", "keep_float": ("no_such_layer",)}, "--keep-float"),
+    ]
+    x_train = digits[0]
+    for kwargs, flag in cases:
+        with pytest.raises(UsageError, match=flag):
+            edgekit.export(
+                keras_cnn,
+                "tflite",
+                output_dir=tmp_path,
+                calibration=feeds(x_train[:8], "image", "NHWC"),
+                **kwargs,
+            )
+
+
+def _neg_model():
+    """The digits CNN with a NEG in the middle: LiteRT's int8 NEG is not one the quantizer
+    handles, so it stays a float island between a DEQUANTIZE and a QUANTIZE."""
+    import keras
+
+    inp = keras.Input((32, 32, 1), name="image")
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inp)
+    x = keras.ops.negative(x)
+    x = keras.layers.Conv2D(8, 3, padding="same")(x)
+    x = keras.layers.Flatten()(x)
+    out = keras.layers.Dense(10, name="logits")(x)
+    return keras.Model(inp, out)
+
+
+def test_edgetpu_report(keras_cnn, digits, tmp_path):
+    full = _export(keras_cnn, "int8", tmp_path / "full", digits, "image", "NHWC")
+    assert not [w for w in full.warnings if "float" in w]
+    info = edgekit.describe(full.artifact, target="edgetpu")["target_report"]
+    assert info["integer_only"] is True
+    assert any("all" in ln and "mappable" in ln for ln in info["lines"])
+
+    island = _export(
+        _neg_model(), "int8", tmp_path / "island", digits, "image", "NHWC", io_dtype="uint8"
+    )
+    assert any("float island" in w and "NEG" in w for w in island.warnings)
+    info = edgekit.describe(island.artifact, target="edgetpu")["target_report"]
+    assert info["integer_only"] is False
+    assert any("NEG" in op for isl in info["float_islands"] for op in isl)
+    reject = [ln for ln in info["lines"] if "would reject" in ln]
+    assert reject and ("DEQUANTIZE" in reject[0] or "NEG" in reject[0])
+    # The plain tflite target reports islands but says nothing about an Edge TPU.
+    plain = edgekit.describe(island.artifact, target="tflite")["target_report"]
+    assert not any("Edge TPU" in ln for ln in plain["lines"])
+
+
+def test_payoff_warning_names_the_faster_precision():
+    from edgekit.backends.tflite_speed import payoff_warning
+
+    assert payoff_warning("int8", {"fp32": 100.0, "int8": 60.0}) is None
+    assert payoff_warning("int8", {"fp32": 100.0, "int8": 105.0}) is None  # within noise
+    text = payoff_warning("int8", {"fp32": 100.0, "int8": 150.0, "int8-dynamic": 80.0})
+    assert "--precision int8-dynamic" in text and "1.88x" in text and "150 µs" in text
