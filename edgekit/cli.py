@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -332,7 +333,15 @@ _COMMANDS = {
 }
 
 
+def _quiet_frameworks() -> None:
+    """The frameworks' start-up chatter (TF's C++ log, torch's registration warnings) buries
+    edgekit's one-screen summary; users who want it can set the variables themselves."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    logging.getLogger("torch").setLevel(logging.ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_frameworks()
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -209,7 +209,7 @@ class OnnxRuntimeBackend:
                 self._fp16(fp32, out)
                 advice.append(
                     "fp16 halves the size but is not faster on ONNX Runtime's CPU provider "
-                    "(measured 1.16x fp32 latency by tools/bench_ort.py); for CPU speed use int8"
+                    "(1.0-1.16x fp32 latency in tools/bench_ort.py); for CPU speed use int8"
                 )
             elif recipe.precision == "int8":
                 details = self._int8_static(fp32, out, recipe, calibration, workdir)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import tempfile
 import warnings
@@ -152,6 +153,9 @@ def _savedmodel_callable(loaded: Any, names: list[str]) -> tuple[Any, Any]:
 def _from_torch(source: SourceModel) -> Converted:
     os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
     torch = require("torch", "torch")
+    # litert-torch imports torchao, which logs at WARNING that CUDA/Triton kernels are absent:
+    # true of every CPU machine and of no use to our users.
+    logging.getLogger("torchao").setLevel(logging.ERROR)
     try:
         import litert_torch
     except ImportError as exc:

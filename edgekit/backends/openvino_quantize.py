@@ -1,0 +1,198 @@
+"""NNCF compression of a float ``ov.Model``: ``int8`` post-training quantization and
+``int8-weights``/``int4-weights`` weight compression.
+
+``int8`` quantizes weights and activations from calibration feeds (min/max or percentile
+ranges); the weight-only modes leave activations float and suit MatMul-heavy transformer
+models. Both honour ``--keep-float`` as an NNCF ignored scope, and both switch NNCF to its
+TRANSFORMER model type when the graph has attention, so that NNCF protects those patterns.
+Each returns the compressed model and the details that go into the export sidecar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from edgekit.backends.openvino_runtime import load_nncf
+from edgekit.errors import DataError, UsageError
+from edgekit.model import Feeds
+from edgekit.progress import progress
+from edgekit.recipe import Recipe
+
+_INT4_GROUP = 128
+
+
+class _Calibration:
+    """Calibration feed dicts for nncf.Dataset, iterated under edgekit's progress bar."""
+
+    def __init__(self, samples: Sequence[Feeds]) -> None:
+        self._samples = samples
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        for feeds in progress(self._samples, desc="calibrating"):
+            yield dict(feeds)
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+
+def _is_constant(node: Any) -> bool:
+    while node.get_type_name() in ("Convert", "Reshape", "Transpose", "FakeQuantize"):
+        node = node.input_value(0).get_node()
+    return node.get_type_name() == "Constant"
+
+
+def looks_like_transformer(model: Any) -> bool:
+    """Attention: a Softmax and MatMuls of two activations (QK^T, then weights x V), or a fused
+    scaled-dot-product attention op. NNCF's TRANSFORMER model type protects these patterns."""
+    softmax = act_matmuls = 0
+    for op in model.get_ordered_ops():
+        kind = op.get_type_name()
+        if kind == "ScaledDotProductAttention":
+            return True
+        if kind == "Softmax":
+            softmax += 1
+        elif kind == "MatMul" and not any(_is_constant(v.get_node()) for v in op.input_values()):
+            act_matmuls += 1
+    return softmax > 0 and act_matmuls >= 2
+
+
+def _ignored_scope(nncf: Any, model: Any, recipe: Recipe) -> Any:
+    if not recipe.keep_float:
+        return None
+    names = {op.get_friendly_name() for op in model.get_ops()}
+    unknown = [n for n in recipe.keep_float if n not in names]
+    if unknown:
+        weighted = [
+            op.get_friendly_name()
+            for op in model.get_ordered_ops()
+            if op.get_type_name() in ("Convolution", "GroupConvolution", "MatMul")
+        ]
+        raise UsageError(
+            f"--keep-float {', '.join(unknown)}: no such node in the OpenVINO model; its "
+            f"weighted nodes are {', '.join(weighted[:12]) or 'none'}"
+            + (" ..." if len(weighted) > 12 else "")
+        )
+    return nncf.IgnoredScope(names=list(recipe.keep_float))
+
+
+def _range_estimator(nncf: Any, recipe: Recipe) -> Any:
+    from nncf.quantization.range_estimator import (
+        AggregatorType,
+        RangeEstimatorParameters,
+        RangeEstimatorParametersSet,
+        StatisticsCollectorParameters,
+        StatisticsType,
+    )
+
+    if recipe.calibration_method == "minmax":
+        return RangeEstimatorParametersSet.MINMAX
+    if recipe.calibration_method == "percentile":
+        stat = StatisticsCollectorParameters(
+            statistics_type=StatisticsType.QUANTILE,
+            aggregator_type=AggregatorType.MEAN,
+            quantile_outlier_prob=(100.0 - recipe.percentile) / 100.0,
+        )
+        return RangeEstimatorParameters(min=stat, max=stat)
+    # entropy is refused in OpenVinoBackend._check_recipe before any work is done
+    raise UsageError(f"--calibration-method {recipe.calibration_method} is not available here")
+
+
+def quantize_int8(
+    model: Any, recipe: Recipe, calibration: Sequence[Feeds]
+) -> tuple[Any, dict[str, Any]]:
+    """``int8``: NNCF post-training quantization of weights and activations."""
+    nncf = load_nncf()
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        OverflowFix,
+        QuantizationParameters,
+    )
+
+    if not calibration:
+        raise DataError("int8 needs calibration samples: pass --calibration PATH")
+    transformer = looks_like_transformer(model)
+    preset = (
+        nncf.QuantizationPreset.PERFORMANCE
+        if recipe.activation_symmetric
+        else nncf.QuantizationPreset.MIXED
+    )
+    advanced = AdvancedQuantizationParameters(
+        # Full 8-bit weights unless asked: 7-bit ("overflow fix") only matters on x86 CPUs
+        # without VNNI, where the u8*s8 multiply-add saturates.
+        overflow_fix=OverflowFix.ENABLE if recipe.reduce_range else OverflowFix.DISABLE,
+        weights_quantization_params=QuantizationParameters(per_channel=recipe.per_channel),
+        activations_range_estimator_params=_range_estimator(nncf, recipe),
+    )
+    quantized = nncf.quantize(
+        model,
+        nncf.Dataset(_Calibration(calibration)),
+        preset=preset,
+        subset_size=len(calibration),
+        fast_bias_correction=True,
+        model_type=nncf.ModelType.TRANSFORMER if transformer else None,
+        ignored_scope=_ignored_scope(nncf, model, recipe),
+        advanced_parameters=advanced,
+    )
+    details = {
+        "quantizer": "nncf.quantize",
+        "preset": preset.value,
+        # 8-bit activations whose signedness NNCF takes from the data (u8 after a ReLU)
+        "activations": "symmetric" if recipe.activation_symmetric else "asymmetric",
+        "weights": "int8 symmetric " + ("per-channel" if recipe.per_channel else "per-tensor"),
+        "model_type": "transformer" if transformer else "default",
+        "fast_bias_correction": True,
+        "overflow_fix": advanced.overflow_fix.value,
+        "calibration_method": recipe.calibration_method,
+        "calibration_samples": len(calibration),
+        "keep_float": list(recipe.keep_float),
+    }
+    return quantized, details
+
+
+def compress_weights(model: Any, recipe: Recipe) -> tuple[Any, dict[str, Any]]:
+    """``int8-weights``/``int4-weights``: NNCF weight-only compression."""
+    nncf = load_nncf()
+    from nncf.quantization.advanced_parameters import (
+        AdvancedCompressionParameters,
+        GroupSizeFallbackMode,
+    )
+
+    if not recipe.per_channel:
+        raise UsageError(
+            f"--per-tensor is not available with {recipe.precision}: NNCF compresses weights "
+            "per output channel (int8) or per group of 128 (int4)"
+        )
+    kwargs: dict[str, Any] = {}
+    if recipe.precision == "int4-weights":
+        kwargs = {
+            "mode": nncf.CompressWeightsMode.INT4_SYM,
+            "group_size": _INT4_GROUP,
+            "ratio": 1.0,
+            # Layers whose input width is not a multiple of 128 get the largest power-of-two
+            # group that divides it instead of failing the whole export.
+            "advanced_parameters": AdvancedCompressionParameters(
+                group_size_fallback_mode=GroupSizeFallbackMode.ADJUST
+            ),
+        }
+    else:
+        kwargs = {"mode": nncf.CompressWeightsMode.INT8_ASYM}
+    compressed = nncf.compress_weights(
+        model, ignored_scope=_ignored_scope(nncf, model, recipe), **kwargs
+    )
+    details = {
+        "quantizer": "nncf.compress_weights",
+        "mode": kwargs["mode"].value,
+        "activations": "float (weight-only compression)",
+        "model_type": "transformer" if looks_like_transformer(model) else "default",
+        "keep_float": list(recipe.keep_float),
+    }
+    if recipe.precision == "int4-weights":
+        details.update(
+            group_size=_INT4_GROUP,
+            ratio=1.0,
+            note="embeddings and the last MatMul stay int8 (NNCF backup mode)",
+        )
+    return compressed, details
