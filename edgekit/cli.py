@@ -240,8 +240,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
             f"({report.size_ratio:.2f}x)",
         ),
         ("agreement", f"with the FP32 source on {a.samples} {report.eval_inputs}"),
-        ("  max |diff|", f"{a.max_abs_diff:.4g}"),
-        ("  cosine", f"{a.mean_cosine:.6f}"),
+        ("  max |diff|", "n/a" if a.max_abs_diff is None else f"{a.max_abs_diff:.4g}"),
+        ("  cosine", "n/a" if a.mean_cosine is None else f"{a.mean_cosine:.6f}"),
         ("  top-1", top1),
         ("sidecar", str(report.sidecar)),
         ("time", f"{report.seconds:.1f} s"),
@@ -251,6 +251,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print(f"{key:<{width}}  {value}")
     for note in report.notes:
         print(f"note: {note}")
+    if a.non_finite_outputs:
+        print(
+            f"warning: {a.non_finite_outputs} output(s) of the exported model hold NaN or inf: "
+            "the artifact is broken at this precision; try another precision or --keep-float"
+        )
     for warning in report.warnings:
         print(f"warning: {warning}")
     return 0
@@ -275,7 +280,14 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         for spec in info.get(kind, []):
             shape = spec.get("shape")
             dims = "?" if shape is None else "[" + ", ".join(str(d) for d in shape) + "]"
-            print(f"  {spec['name']}: {spec.get('dtype', '?')} {dims}")
+            extra = [f"tensor {spec['tensor']}"] if spec.get("tensor") else []
+            if spec.get("layout"):
+                extra.append(
+                    f"{spec['layout']}; source {spec.get('source_layout')} "
+                    f"{spec.get('source_shape')}"
+                )
+            tail = f"  ({'; '.join(extra)})" if extra else ""
+            print(f"  {spec['name']}: {spec.get('dtype', '?')} {dims}{tail}")
     ops = info.get("ops") or {}
     if ops:
         print("ops: " + ", ".join(f"{k} {v}" for k, v in ops.items()))

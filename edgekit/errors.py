@@ -20,6 +20,8 @@ traceback), and 130 for Ctrl-C. Backend exceptions are translated at the boundar
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class EdgekitError(Exception):
     """Base of every error edgekit raises on purpose. ``str(err)`` is one line for the user."""
@@ -77,7 +79,7 @@ EXIT_CODES: dict[int, str] = {
 }
 
 
-def require(module: str, extra: str):
+def require(module: str, extra: str) -> Any:
     """Import an optional dependency or raise MissingDependencyError naming the extra."""
     import importlib
 

@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from edgekit import __version__
-from edgekit.backends import get_backend
+from edgekit.backends import backend_names, get_backend
 from edgekit.backends.base import is_remote
 from edgekit.calibration import ImageOptions, load_samples, split_samples
 from edgekit.errors import DataError, EdgekitError, ModelFormatError, UsageError
 from edgekit.evaluate import Agreement, compare
-from edgekit.model import Feeds, SourceModel, load_model
+from edgekit.model import Feeds, SourceModel, detect_format, load_model, object_format
 from edgekit.progress import progress
 from edgekit.recipe import Recipe
 from edgekit.targets import resolve_target
@@ -144,6 +144,19 @@ def _data(
     return calib, held, described
 
 
+def _check_source_format(model: Any, backend: Any) -> None:
+    """Refuse a source the backend has no route from, before loading it, naming the ones that do."""
+    fmt = detect_format(Path(model)) if isinstance(model, str | Path) else object_format(model)
+    if fmt in backend.source_formats:
+        return
+    others = [n for n in backend_names() if fmt in get_backend(n).source_formats]
+    routes = ", ".join(f"--target {n}" for n in others) or "no backend"
+    raise UsageError(
+        f"{backend.name} cannot export from a {fmt} model; use {routes}, or export from the "
+        "model's original framework"
+    )
+
+
 def _reference(source: SourceModel, feeds: Feeds) -> list[Any]:
     """Run the FP32 source; a model that cannot run there cannot be checked, so say so."""
     try:
@@ -162,7 +175,7 @@ def _reference(source: SourceModel, feeds: Feeds) -> list[Any]:
 def _atomic_json(path: Path, payload: Mapping[str, Any]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(payload, fh, indent=2, default=str)
+        json.dump(payload, fh, indent=2, default=str, allow_nan=False)
         fh.write("\n")
     # mkstemp creates 0600; a sidecar is as public as the artifact next to it.
     umask = os.umask(0)
@@ -203,28 +216,40 @@ def export(
         raise UsageError(f"--name '{name}' must be a plain file name stem, without '/'")
     tgt = resolve_target(target)
     backend = get_backend(tgt.backend)
+    _check_source_format(model, backend)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot create the output folder {out_dir} ({exc.strerror}); choose another with -o"
+        ) from exc
     recipe = (
         Recipe()
         .updated(**tgt.recipe)
         .updated(precision=precision or tgt.default_precision, **recipe_fields)
         .validate(backend.precisions)
     )
+    check_on = device or tgt.device
+    if not is_remote(check_on):
+        backend.check_device(check_on)
     source = load_model(model, input_shapes, example_inputs)
     calib, held, eval_desc = _data(source, recipe, calibration, eval_data, image_options)
     # Fail before any conversion work if the source itself cannot run.
     for feeds in (held or calib)[:1]:
         _reference(source, feeds)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{name or source.name}_{recipe.precision}"
     workdir = Path(tempfile.mkdtemp(dir=out_dir, prefix=".edgekit-tmp-"))
     try:
         result = backend.export(source, recipe, calib, workdir, stem)
         # The agreement check runs here; a remote target device is benchmarked, not used here.
-        check_on = device or tgt.device
         session = backend.open_session(
             result.primary, device=None if is_remote(check_on) else check_on
         )
+        if not held:
+            # Every artifact runs at least once before it is moved into place.
+            probe = calib[:1] or load_samples("random", source.inputs, limit=1, seed=recipe.seed)
+            session.run(probe[0])
         reference = [_reference(source, f) for f in progress(held, desc="reference")]
         candidate = [session.run(f) for f in progress(held, desc="exported")]
         agreement = compare(reference, candidate)

@@ -195,7 +195,7 @@ def _fmt_shape(shape: Sequence[int | str]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
-def _object_format(obj: Any) -> str:
+def object_format(obj: Any) -> str:
     """Format of an in-memory model, found by its type's module so no framework is imported."""
     for klass in type(obj).__mro__:
         mod = klass.__module__
@@ -225,7 +225,7 @@ def load_model(
         source.sha256, source.size_bytes = file_digest(path)
         source.path = path
         return source
-    fmt = _object_format(model)
+    fmt = object_format(model)
     return _intake(fmt).from_object(model, overrides, example_inputs)
 
 

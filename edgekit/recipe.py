@@ -18,14 +18,13 @@ PRECISIONS: tuple[str, ...] = (
     "int8",
     "int8-dynamic",
     "int16x8",
-    "mixed",
     "int8-weights",
     "int4-weights",
 )
 CALIBRATION_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
 IO_DTYPES: tuple[str, ...] = ("float", "int8", "uint8")
 # Precisions whose quantizer needs representative input data.
-NEEDS_CALIBRATION: frozenset[str] = frozenset({"int8", "int16x8", "mixed"})
+NEEDS_CALIBRATION: frozenset[str] = frozenset({"int8", "int16x8"})
 
 
 @dataclass(frozen=True)

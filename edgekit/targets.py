@@ -31,9 +31,10 @@ class Target:
 
 
 def _profile_dir() -> Path:
-    # Installed: package data edgekit.targets. Source checkout without install: ../targets.
+    # Installed (wheel or editable): package data edgekit.profiles, mapped from targets/ in
+    # pyproject.toml. A source checkout used without installing: ../targets.
     try:
-        path = Path(str(resources.files("edgekit.targets")))
+        path = Path(str(resources.files("edgekit.profiles")))
         if path.is_dir() and any(path.glob("*.toml")):
             return path
     except (ModuleNotFoundError, TypeError):

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("EDGEKIT_PROGRESS", "0")
+# Tests also call openvino directly (convert_model to build IRs); keep its usage telemetry off
+# as edgekit does, so nothing forks a sender process after JAX/TF threads have started.
+sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from edgekit import samples
+from edgekit import samples  # noqa: E402 - after the environment set-up above
 
 WIDTH = 8  # ~0.55M parameters: big enough to be a real CNN, quick to train in a test session
 

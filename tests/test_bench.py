@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,13 +15,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import feeds
 from onnx_models import conv_model, linear_model
 
 import edgekit
+from edgekit import samples
 from edgekit.backends import backend_names, get_backend
+from edgekit.bench import inputs as bench_inputs
 from edgekit.bench import interleave, stats
 from edgekit.bench.devices.local import LocalDevice
-from edgekit.bench.harness import RUNNERS_DIR
+from edgekit.bench.harness import RUNNERS_DIR, resolve_artifact
 from edgekit.bench.schema import validate
 from edgekit.bench.sysinfo import parse_cpuinfo
 from edgekit.cli import main
@@ -419,3 +424,154 @@ def test_benchmark_help_imports_no_framework():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
     assert "--inference-precision" in out.stdout
+
+
+# ---------------------------------------------------------------- one inputs file, every artifact
+
+HAS_LITERT_TORCH = importlib.util.find_spec("litert_torch") is not None
+
+
+@pytest.fixture(scope="module")
+def torch_artifacts(torch_cnn, digits, tmp_path_factory) -> dict[str, Path]:
+    """The PyTorch digits CNN exported at FP32 to ONNX, OpenVINO IR and TFLite (the last
+    channels-last, under litert-torch's signature name): one source, three artifacts."""
+    if not HAS_LITERT_TORCH:
+        pytest.skip("litert-torch is not installed: pip install 'edgekit[torch-tflite]'")
+    d = tmp_path_factory.mktemp("torch_artifacts")
+    x_train, _, x_test, _ = digits
+    out = {}
+    for target in ("onnxruntime", "openvino", "tflite"):
+        report = edgekit.export(
+            torch_cnn,
+            target,
+            "fp32",
+            output_dir=d / target,
+            calibration=feeds(x_train[:8], "input"),
+            eval_data=feeds(x_test[:8], "input"),
+            eval_samples=8,
+            example_inputs=(np.zeros((1, 1, 32, 32), np.float32),),
+            name="digits",
+        )
+        out[target] = report.artifact
+    return out
+
+
+def _torch_ref(model, x: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+def _litert_by_signature(path: Path, key: str, x: np.ndarray) -> np.ndarray:
+    """The .tflite in a plain LiteRT interpreter, fed under its own signature key."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=str(path)).get_signature_runner()
+    return np.concatenate(
+        [next(iter(runner(**{key: x[i : i + 1]}).values())) for i in range(len(x))]
+    )
+
+
+def test_one_source_inputs_file_feeds_onnx_ir_and_tflite(torch_artifacts, digits, tmp_path, capsys):
+    """The source's input name in the source layout (NCHW) works for all three artifacts side by
+    side, although the TFLite one takes NHWC under another name."""
+    x = samples.to_input(digits[2][:3], layout="NCHW")  # 3 rows: each static batch takes 1
+    npz = tmp_path / "in.npz"
+    np.savez(npz, input=x)
+    paths = [torch_artifacts[t] for t in ("onnxruntime", "openvino", "tflite")]
+    result = edgekit.benchmark(paths, inputs=npz, runs=3, warmup=1, threads=1)
+    assert validate(result.to_json()) == []
+    assert [r["inputs"][0]["name"] for r in result.results] == ["input"] * 3
+    side = json.loads(Path(f"{paths[2]}.edgekit.json").read_text())
+    (entry,) = side["backend_details"]["io_map"]["inputs"]
+    assert entry["signature"] != "input" and entry["perm"] == [0, 2, 3, 1]
+    assert result.results[2]["inputs"] == [
+        {
+            "name": "input",
+            "dtype": "float32",
+            "shape": side["inputs"][0]["shape"],
+            "signature": entry["signature"],
+            "layout": "NHWC",
+            "source_layout": "NCHW",
+        }
+    ]
+    # The command line of the bug report: the .tflite alone with that file.
+    assert main(["benchmark", str(paths[2]), "--inputs", str(npz), "--runs", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["inputs"][0]["name"] == "input"
+
+
+def test_source_layout_inputs_reach_tflite_transposed(torch_artifacts, torch_cnn, digits, tmp_path):
+    """What the runner gets from a source-layout file, run in LiteRT under the artifact's own
+    name, gives what the PyTorch model gives on the original NCHW pictures."""
+    path = torch_artifacts["tflite"]
+    art = resolve_artifact(path)
+    (entry,) = art.io_map["inputs"]
+    x = samples.to_input(digits[2][:4], layout="NCHW")
+    npz = tmp_path / "nchw.npz"
+    np.savez(npz, input=x)
+    work = tmp_path / "work"
+    work.mkdir()
+    with np.load(bench_inputs.prepare(npz, art.io_map, work)) as prepared:
+        assert set(prepared.files) == {entry["signature"]}
+        fed = prepared[entry["signature"]]
+    assert fed.shape == (4, 32, 32, 1)
+    got = _litert_by_signature(path, entry["signature"], fed)
+    np.testing.assert_allclose(got, _torch_ref(torch_cnn, x), atol=1e-4, rtol=1e-4)
+    # Arrays already in the artifact's layout, or under its own name, pass unchanged.
+    nhwc = tmp_path / "nhwc.npz"
+    np.savez(nhwc, input=fed)
+    (work / "2").mkdir()
+    with np.load(bench_inputs.prepare(nhwc, art.io_map, work / "2")) as again:
+        np.testing.assert_array_equal(again[entry["signature"]], fed)
+    own = tmp_path / "own.npz"
+    np.savez(own, **{entry["signature"]: fed})
+    r = edgekit.benchmark(path, inputs=own, runs=2, warmup=0).results[0]
+    assert r["inputs"][0]["name"] == "input"
+
+
+def test_tflite_without_sidecar_uses_the_map_inside_the_file(torch_artifacts, digits, tmp_path):
+    """A .tflite copied on its own: the map edgekit stored in it (read host side by the
+    runner module, with LiteRT's schema) equals the sidecar's and edgekit's own reader's."""
+    from edgekit.backends.tflite_session import METADATA_NAME, read_io_map
+
+    src = torch_artifacts["tflite"]
+    alone = tmp_path / src.name
+    shutil.copy(src, alone)
+    side = json.loads(Path(f"{src}.edgekit.json").read_text())
+    art = resolve_artifact(alone)
+    runner = importlib.import_module("edgekit.bench.runners.tflite")
+    assert runner.METADATA_NAME == METADATA_NAME
+    assert art.io_map == side["backend_details"]["io_map"] == read_io_map(alone.read_bytes())
+    npz = tmp_path / "in.npz"
+    np.savez(npz, input=samples.to_input(digits[2][:1], layout="NCHW"))
+    r = edgekit.benchmark(alone, inputs=npz, runs=2, warmup=0).results[0]
+    assert r["inputs"][0]["name"] == "input" and r["inputs"][0]["layout"] == "NHWC"
+
+
+def test_source_inputs_errors_name_the_source_input(torch_artifacts, tmp_path):
+    path = torch_artifacts["tflite"]
+    wrong_name = tmp_path / "name.npz"
+    np.savez(wrong_name, image=np.zeros((1, 1, 32, 32), np.float32), labels=np.zeros(1))
+    with pytest.raises(DataError, match="no array named 'input'"):
+        edgekit.benchmark(path, inputs=wrong_name, runs=1)
+    wrong_shape = tmp_path / "shape.npz"
+    np.savez(wrong_shape, input=np.zeros((1, 3, 32, 32), np.float32))
+    with pytest.raises(DataError, match=r"\[1, 1, 32, 32\] \(NCHW\) or \[1, 32, 32, 1\] \(NHWC\)"):
+        edgekit.benchmark(path, inputs=wrong_shape, runs=1)
+
+
+def test_tflite_runner_names_inputs_by_signature_key(tflite_models, tmp_path):
+    """A file without edgekit's map (TFLiteConverter's own): the runner, like edgekit's
+    sessions, names its input by the signature key, and a file keyed so feeds it."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    path = tflite_models["fp32"]
+    (key,) = Interpreter(model_path=str(path)).get_signature_list()["serving_default"]["inputs"]
+    assert edgekit.load(path).inputs[0].name == key
+    ready, _, _ = _drive(_start("tflite", path))
+    assert [i["name"] for i in ready["inputs"]] == [key]
+    npz = tmp_path / "keyed.npz"
+    np.savez(npz, **{key: RNG.random((1, 12, 12, 1), dtype=np.float32)})
+    r = edgekit.benchmark(path, inputs=npz, runs=2, warmup=0).results[0]
+    assert r["inputs"] == [{"name": key, "dtype": "float32", "shape": [1, 12, 12, 1]}]

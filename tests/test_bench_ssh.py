@@ -24,6 +24,7 @@ import pytest
 from onnx_models import linear_model
 
 import edgekit
+from edgekit.bench.devices.ssh import SshDevice
 from edgekit.cli import main
 from edgekit.errors import DeviceError
 
@@ -51,9 +52,10 @@ def _keygen(path: Path) -> None:
     )
 
 
-def _start_sshd(d: Path, sftp: bool):
+def _start_sshd(d: Path, sftp: bool | str):
     """sshd -D on 127.0.0.1:PORT with keys in ``d``; (process, port). Host keys stay checked:
-    the known_hosts entry is written from the generated host key."""
+    the known_hosts entry is written from the generated host key. ``sftp``: True for the
+    internal sftp server, False for no sftp subsystem, or the sftp-server command to configure."""
     binary = _sshd_binary()
     _keygen(d / "host_key")
     _keygen(d / "id_client")
@@ -64,7 +66,7 @@ def _start_sshd(d: Path, sftp: bool):
         f"PidFile {d / 'sshd.pid'}\nAuthorizedKeysFile {d / 'authorized_keys'}\n"
         "StrictModes no\nUsePAM no\nPermitRootLogin prohibit-password\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
-        + ("Subsystem sftp internal-sftp\n" if sftp else "")
+        + (f"Subsystem sftp {'internal-sftp' if sftp is True else sftp}\n" if sftp else "")
     )
     host_key = (d / "host_key.pub").read_text().split()
     (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
@@ -214,9 +216,15 @@ def test_ssh_missing_runtime_on_the_device(sshd, onnx_file, tmp_path):
         )
 
 
-def test_ssh_without_sftp_subsystem_falls_back_to_legacy_scp(onnx_file, tmp_path):
-    """Boards whose sshd has no sftp server: scp's SFTP mode fails, scp -O works."""
-    proc, port = _start_sshd(tmp_path, sftp=False)
+@pytest.mark.parametrize(
+    "sftp",
+    [False, "/nonexistent/sftp-server"],
+    ids=["no-sftp-subsystem", "sftp-server-binary-missing"],
+)
+def test_ssh_without_sftp_server_falls_back_to_legacy_scp(sftp, onnx_file, tmp_path):
+    """Boards whose sshd has no sftp server (none configured, or its binary not installed):
+    scp's SFTP mode fails, scp -O works."""
+    proc, port = _start_sshd(tmp_path, sftp=sftp)
     try:
         result = edgekit.benchmark(
             onnx_file,
@@ -230,3 +238,49 @@ def test_ssh_without_sftp_subsystem_falls_back_to_legacy_scp(onnx_file, tmp_path
         proc.terminate()
         proc.wait(10)
     assert result.results[0]["timing_ms"]["runs"] == 5
+
+
+def _stage(tmp_path: Path) -> Path:
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    (stage / "file.txt").write_text("x")
+    return stage
+
+
+def test_ssh_copy_refused_key_is_not_retried_with_legacy_scp(sshd, tmp_path):
+    """Only a missing sftp server earns the scp -O retry; a refused key is reported at once."""
+    user, port, d = sshd
+    _keygen(tmp_path / "other_key")
+    config = (
+        (d / "ssh_config").read_text().replace(str(d / "id_client"), str(tmp_path / "other_key"))
+    )
+    (tmp_path / "ssh_config").write_text(config)
+    dev = SshDevice(f"ssh://{user}@127.0.0.1:{port}", ssh_config=tmp_path / "ssh_config")
+    try:
+        with pytest.raises(DeviceError, match="authentication failed"):
+            dev._copy(_stage(tmp_path), str(tmp_path))
+        assert dev._legacy_scp is False
+    finally:
+        dev.close()
+
+
+def test_ssh_copy_timeout_is_not_retried_with_legacy_scp(sshd, tmp_path):
+    """A host that accepts the connection and never answers: the copy's timeout is the error,
+    with no second attempt."""
+    _, _, d = sshd
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        port = silent.getsockname()[1]
+        dev = SshDevice(
+            f"ssh://nobody@127.0.0.1:{port}",
+            ssh_config=d / "ssh_config",
+            connect_timeout=60,
+            timeout=2,
+        )
+        try:
+            with pytest.raises(DeviceError, match="did not finish within 2 s"):
+                dev._copy(_stage(tmp_path), "/tmp")
+            assert dev._legacy_scp is False
+        finally:
+            dev.close()

@@ -96,6 +96,11 @@ def valid_onnx(tmp: Path) -> None:
     onnx.save(conv_model(), str(tmp / "model.onnx"))
 
 
+def tflite_like(tmp: Path) -> None:
+    # Only the name and the TFL3 identifier matter: the format check comes before loading.
+    (tmp / "model.tflite").write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(64))
+
+
 def corrupt_onnx(tmp: Path) -> None:
     (tmp / "model.onnx").write_bytes(np.random.default_rng(1).bytes(256))
 
@@ -313,9 +318,7 @@ CASES = [
     ),
     Case("inspect-missing", nothing, ("inspect", "model.onnx"), 3, ("model.onnx", "not found")),
     Case("inspect-corrupt", corrupt_onnx, ("inspect", "model.onnx"), 4, ("not a valid ONNX",)),
-    # These three fail until edgekit is fixed: a file given as -o is an internal error (exit 1),
-    # and --name is not checked to be a plain stem, so '../x' writes outside the temporary
-    # folder (left behind on failure) and 'a/b' fails as a conversion error (exit 7).
+    # -o naming a file, and --name with a path in it, are refused before any work starts.
     Case(
         "output-dir-is-a-file",
         both(valid_onnx, a_file_named_taken),
@@ -336,6 +339,34 @@ CASES = [
         (*EXPORT, "--name", "a/b"),
         2,
         ("--name",),
+    ),
+    Case(
+        "source-format-the-backend-cannot-take",
+        tflite_like,
+        ("export", "model.tflite", "-o", OUT),
+        2,
+        ("onnxruntime cannot export from a tflite model", "--target openvino"),
+    ),
+    Case(
+        "tflite-target-refuses-onnx",
+        valid_onnx,
+        (*EXPORT, "--target", "tflite"),
+        2,
+        ("tflite cannot export from a onnx model", "--target onnxruntime"),
+    ),
+    Case(
+        "output-dir-cannot-be-created",
+        valid_onnx,
+        ("export", "model.onnx", "-o", "/proc/edgekit-out"),
+        2,
+        ("cannot create the output folder", "-o"),
+    ),
+    Case(
+        "device-absent-before-any-work",
+        valid_onnx,
+        (*EXPORT, "--device", "GPU"),
+        8,
+        ("device 'GPU' is not available", "CPU"),
     ),
 ]
 

@@ -27,3 +27,19 @@ def test_no_top1_for_non_scores():
     assert compare(ref, ref).mean_cosine == pytest.approx(1.0)
     assert not looks_like_scores(np.ones((1, 1)))
     assert looks_like_scores(np.ones((1, 10), np.float32))
+
+
+def test_nan_outputs_are_counted_not_hidden():
+    ref = [[np.array([[1.0, 2.0, 3.0]], np.float32)]] * 2
+    cand = [[np.array([[np.nan, np.nan, np.nan]], np.float32)]] * 2
+    a = compare(ref, cand)
+    assert a.non_finite_outputs == 2
+    assert a.mean_cosine == 0.0
+    import json
+
+    json.dumps(a.to_json(), allow_nan=False)  # no NaN reaches the sidecar
+
+
+def test_no_samples_gives_none_not_nan():
+    a = compare([], [])
+    assert a.max_abs_diff is None and a.mean_cosine is None and a.top1_agreement is None

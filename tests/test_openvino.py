@@ -562,7 +562,8 @@ def test_absent_device_lists_the_available_ones(tmp_path):
     path = tmp_path / "lin.onnx"
     onnx.save(linear_model(np.eye(4, 3, dtype=np.float32), np.zeros(3, np.float32), (1, 4)), path)
     available = ov.Core().available_devices
-    assert "NPU" not in available  # this machine has no NPU; the test relies on that
+    if any(d.startswith(("NPU", "GPU")) for d in available):
+        pytest.skip("this check needs a machine without an NPU and a GPU")
     out = tmp_path / "out"
     with pytest.raises(DeviceError, match="NPU is not available.*available: " + available[0]):
         edgekit.export(path, "openvino", "fp32", output_dir=out, device="NPU", eval_samples=2)

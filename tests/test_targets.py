@@ -38,3 +38,11 @@ def test_unknown_target_lists_choices(tmp_path):
     bad.write_text('backend = "onnxruntime"\nspeed = "fast"\n')
     with pytest.raises(UsageError, match="speed"):
         resolve_target(str(bad))
+
+
+def test_profiles_ship_as_package_data():
+    """The installed package (not the checkout fallback) carries every profile."""
+    from importlib import resources
+
+    shipped = {p.name for p in resources.files("edgekit.profiles").iterdir()}
+    assert {p.name for p in TARGETS_DIR.glob("*.toml")} <= shipped

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from edgekit.errors import DeviceError
 from edgekit.model import Feeds, SourceModel, TensorSpec
 from edgekit.recipe import Recipe
 
@@ -66,6 +67,20 @@ class Backend(Protocol):
         ...
 
     def versions(self) -> dict[str, str]: ...
+
+    def check_device(self, device: str | None) -> None:
+        """Raise DeviceError listing the available devices when ``device`` is absent; called
+        before any conversion work so that a missing GPU/NPU fails in a second, not after."""
+        ...
+
+
+def cpu_only(runtime: str, device: str | None) -> None:
+    """check_device for runtimes that edgekit runs on the CPU only."""
+    if device not in (None, "", "local", "CPU", "cpu"):
+        raise DeviceError(
+            f"{runtime} here runs on the CPU only; device '{device}' is not available "
+            "(available: CPU)"
+        )
 
 
 def is_remote(device: str | None) -> bool:

@@ -24,10 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.backends.base import ExportOutput
+from edgekit.backends.base import ExportOutput, cpu_only
 from edgekit.errors import (
     ConversionError,
-    DeviceError,
     ModelFormatError,
     ModelNotFoundError,
     UsageError,
@@ -175,12 +174,11 @@ class OnnxRuntimeBackend:
     def open_session(
         self, path: Path, threads: int | None = None, device: str | None = None
     ) -> OrtSession:
-        if device not in (None, "local", "CPU", "cpu"):
-            raise DeviceError(
-                f"ONNX Runtime here runs on the CPU only; device '{device}' is not available "
-                "(available: CPU)"
-            )
+        self.check_device(device)
         return OrtSession(Path(path), threads)
+
+    def check_device(self, device: str | None) -> None:
+        cpu_only("ONNX Runtime", device)
 
     def export(
         self,

@@ -87,6 +87,9 @@ class OpenVinoBackend:
         ``f16``, or ``default`` for whatever the device picks (bf16 on AVX512-BF16/AMX CPUs)."""
         return OvSession(Path(path), threads, device, inference_precision)
 
+    def check_device(self, device: str | None) -> None:
+        check_device(shared_core(), device)
+
     def target_report(self, path: Path, target: Any) -> dict[str, Any]:
         """For ``edgekit inspect --target``: does OpenVINO convert the model, to which ops,
         and is the target's device present on this machine."""

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.backends.base import ExportOutput
+from edgekit.backends.base import ExportOutput, cpu_only
 from edgekit.backends.tflite_session import TFLiteSession, write_io_map
-from edgekit.errors import DeviceError, require
+from edgekit.errors import UsageError, require
 from edgekit.model import Feeds, SourceModel
 from edgekit.recipe import Recipe
 
@@ -84,20 +84,25 @@ class TFLiteBackend:
     ) -> TFLiteSession:
         from edgekit.backends.tflite_validate import validate
 
-        if device not in (None, "local", "CPU", "cpu"):
-            raise DeviceError(
-                f"LiteRT here runs on the CPU (XNNPACK) only; device '{device}' is not "
-                "available (available: CPU)"
-            )
+        self.check_device(device)
         path = Path(path)
         require("ai_edge_litert.interpreter", "tflite")
         if path.is_file():
             validate(path)
         return TFLiteSession(path, threads)
 
+    def check_device(self, device: str | None) -> None:
+        cpu_only("LiteRT (XNNPACK)", device)
+
     def target_report(self, path: Path, target: Any) -> dict[str, Any]:
         from edgekit.backends.tflite_ops import target_report
+        from edgekit.model import detect_format
 
+        if detect_format(Path(path)) != "tflite":
+            raise UsageError(
+                f"the {target.name} checks read a .tflite artifact, not {Path(path).name}: "
+                f"export it with --target {target.name} first, then inspect the .tflite"
+            )
         return target_report(Path(path), _is_edgetpu(target))
 
     def export(

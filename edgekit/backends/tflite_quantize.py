@@ -50,8 +50,9 @@ def check_recipe(recipe: Recipe) -> None:
         )
     if recipe.io_dtype != "float" and recipe.precision != "int8":
         raise UsageError(
-            f"--io {recipe.io_dtype} needs a full-integer model: use --precision int8 "
-            f"(precision {recipe.precision} keeps float inputs and outputs)"
+            f"--io {recipe.io_dtype} (given, or set by the target, e.g. edgetpu) needs a "
+            f"full-integer model: use --precision int8, or --target tflite for precision "
+            f"{recipe.precision}, which keeps float inputs and outputs"
         )
     if recipe.activation_symmetric and recipe.precision != "int8":
         raise UsageError(

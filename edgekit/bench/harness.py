@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import json
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Any
 from edgekit import __version__
 from edgekit.backends import backend_for_artifact
 from edgekit.bench import devices
+from edgekit.bench import inputs as bench_inputs
 from edgekit.bench.devices.process import ErrorFor, RunnerProcess
 from edgekit.bench.interleave import default_rounds, run_rounds
 from edgekit.bench.memory import figures
@@ -52,7 +55,8 @@ _KINDS: dict[str, type[EdgekitError]] = {
 
 @dataclass(frozen=True)
 class Artifact:
-    """One artifact to benchmark: its files, backend and runner."""
+    """One artifact to benchmark: its files, backend and runner, and ``io_map``: how its
+    inputs relate to the source model's (see :mod:`edgekit.bench.inputs`), when they differ."""
 
     path: Path
     backend: str
@@ -60,6 +64,7 @@ class Artifact:
     runner: Path
     files: tuple[Path, ...]
     precision: str | None
+    io_map: dict[str, Any] | None = None
 
     @property
     def size_bytes(self) -> int:
@@ -82,17 +87,21 @@ def resolve_artifact(path: str | Path) -> Artifact:
             f"(edgekit/bench/runners/{backend.name}.py)"
         )
     sidecar = _sidecar(p)
+    module = importlib.import_module(f"edgekit.bench.runners.{backend.name}")
     if sidecar and sidecar.get("artifact", {}).get("files"):
         files = [p.parent / name for name in sidecar["artifact"]["files"]]
         files.sort(key=lambda f: f != p)  # the primary file first
     else:
-        module = importlib.import_module(f"edgekit.bench.runners.{backend.name}")
         files = [p, *(Path(f) for f in module.companion_files(str(p)))]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise ModelNotFoundError(f"{p}: file(s) of this artifact are missing: {', '.join(missing)}")
     precision = (sidecar or {}).get("recipe", {}).get("precision")
-    return Artifact(p, backend.name, backend.extra, runner, tuple(files), precision)
+    io_map = ((sidecar or {}).get("backend_details") or {}).get("io_map")
+    if io_map is None and hasattr(module, "io_map"):
+        # Without a sidecar, a runner may read the map the file itself carries (host side).
+        io_map = module.io_map(str(p))
+    return Artifact(p, backend.name, backend.extra, runner, tuple(files), precision, io_map)
 
 
 def _sidecar(path: Path) -> dict[str, Any] | None:
@@ -254,11 +263,17 @@ def _run_runners(
 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     args = _runner_args(dev, settings)
     handles: list[RunnerProcess] = []
+    # Per-artifact copies of --inputs, renamed/transposed to each artifact's own inputs.
+    staging = Path(tempfile.mkdtemp(prefix="edgekit-inputs-"))
     try:
-        for art in progress(arts, desc="loading", total=len(arts)):
+        for i, art in enumerate(progress(arts, desc="loading", total=len(arts))):
             label = f"{art.path.name} on {dev.spec}"
             error_for = _error_for(art, label, dev.remote, dev.spec)
-            handles.append(dev.start(art.runner, art.files, args, inputs, label, error_for))
+            fed = inputs
+            if inputs is not None and bench_inputs.renames_or_transposes(art.io_map):
+                (staging / str(i)).mkdir()
+                fed = bench_inputs.prepare(inputs, art.io_map, staging / str(i))
+            handles.append(dev.start(art.runner, art.files, args, fed, label, error_for))
         for h in handles:
             h.warmup(settings["warmup"])
         times = run_rounds(
@@ -272,6 +287,7 @@ def _run_runners(
     finally:
         for h in handles:
             h.close()
+        shutil.rmtree(staging, ignore_errors=True)
     results = [
         _result(a, h, bye, t, dev.remote)
         for a, h, bye, t in zip(arts, handles, byes, times, strict=True)
@@ -306,7 +322,7 @@ def _result(
             "details": info,
         },
         "precision": {"artifact": art.precision, "effective": effective},
-        "inputs": ready.get("inputs", []),
+        "inputs": bench_inputs.describe(ready.get("inputs", []), art.io_map),
         "timing_ms": {
             "load": ready.get("load_ms"),
             "first_inference": ready.get("first_ms"),

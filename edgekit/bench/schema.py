@@ -22,7 +22,9 @@ cannot give is ``null``. Fields::
                       one); effective: what the runtime reports it computes in (OpenVINO's
                       inference precision / integer kernels, TFLite's op types; null for ONNX
                       Runtime, which runs the graph's own types)
-      inputs[]        name, dtype, shape actually fed
+      inputs[]        name, dtype, shape actually fed; name is the source model's input name
+                      and, where the artifact differs (a TFLite export of a PyTorch model),
+                      signature is the artifact's own name, layout/source_layout its layout
       timing_ms       load (read + compile), first_inference, and over the counted runs:
                       runs, p50, p90, p99, min, max, mean, std (population), cv (std/mean, a
                       ratio); percentiles interpolate linearly (numpy's default)

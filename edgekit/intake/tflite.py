@@ -4,6 +4,13 @@ Exporting *from* TFLite is not offered; the TFLite file is read for ``inspect`` 
 ``benchmark``. A file is first loaded and run once in a child process
 (:mod:`edgekit.backends.tflite_validate`): LiteRT can crash on a malformed model, and a crash
 there is an error message here instead of a dead process.
+
+A file edgekit exported carries its source's input/output names and layout (the ``edgekit_io``
+map, :mod:`edgekit.backends.tflite_session`). ``inspect`` shows those names, as edgekit's
+sessions and ``benchmark --inputs`` take them, with the artifact's signature key, tensor name
+and layout beside them; files without a map are named by their signature keys. As a source
+model (e.g. for OpenVINO, whose TFLite frontend keeps tensor names) inputs stay named by tensor,
+and ``run`` also takes the source's names in either layout.
 """
 
 from __future__ import annotations
@@ -47,8 +54,53 @@ def _details_spec(d: Mapping[str, Any]) -> TensorSpec:
     return TensorSpec(d["name"], np.dtype(d["dtype"]).name, shape, q)
 
 
+def _io_map(path: Path) -> dict[str, Any]:
+    from edgekit.backends.tflite_session import read_io_map
+
+    return read_io_map(path.read_bytes()) or {}
+
+
+def _signature_keys(interp: Any) -> dict[str, dict[int, str]]:
+    """``inputs``/``outputs``: tensor index -> signature key, for a model with one signature
+    (with several, a signature's tensor indices may belong to a subgraph other than the one
+    the plain interpreter runs)."""
+    try:
+        sigs = interp._get_full_signature_list()
+    except Exception:  # a private helper; older interpreters may lack it
+        return {"inputs": {}, "outputs": {}}
+    if len(sigs or {}) != 1:
+        return {"inputs": {}, "outputs": {}}
+    sig = next(iter(sigs.values()))
+    return {k: {int(i): n for n, i in (sig.get(k) or {}).items()} for k in ("inputs", "outputs")}
+
+
+def _named(
+    details: Sequence[Mapping[str, Any]], keys: Mapping[int, str], entries: Sequence[Any]
+) -> list[dict[str, Any]]:
+    """describe()'s entries: the source name from the map, else the signature key, else the
+    tensor name; the artifact's own names and layout as extra fields where they differ."""
+    by_key = {e["signature"]: e for e in entries or [] if "signature" in e and "name" in e}
+    out = []
+    for d in details:
+        key = keys.get(d["index"])
+        entry = by_key.get(key) if key else None
+        info = _details_spec(d).to_json()
+        info["name"] = entry["name"] if entry else key or d["name"]
+        if key and key != info["name"]:
+            info["signature"] = key
+        if d["name"] != info["name"]:
+            info["tensor"] = d["name"]
+        if entry and entry.get("perm"):
+            info["layout"] = entry.get("layout")
+            info["source_layout"] = entry.get("source_layout")
+            info["source_shape"] = entry.get("source_shape")
+        out.append(info)
+    return out
+
+
 def load(path: Path, overrides: Mapping[str, Sequence[int]]) -> SourceModel:
     interp = _interpreter(path)
+    aliases = _aliases(interp, _io_map(path))
     notes: list[str] = []
     inputs = fix_shapes([_details_spec(d) for d in interp.get_input_details()], overrides, notes)
     for d, spec in zip(interp.get_input_details(), inputs, strict=True):
@@ -59,7 +111,13 @@ def load(path: Path, overrides: Mapping[str, Sequence[int]]) -> SourceModel:
 
     def run(feeds: Feeds) -> list[np.ndarray]:
         for d in interp.get_input_details():
-            interp.set_tensor(d["index"], feeds[d["name"]])
+            x = feeds.get(d["name"])
+            if x is None and d["name"] in aliases:
+                name, perm = aliases[d["name"]]
+                x = np.asarray(feeds[name])
+                if perm and x.ndim == len(perm) and tuple(x.shape) != tuple(d["shape"]):
+                    x = np.ascontiguousarray(np.transpose(x, perm))  # source layout (NCHW)
+            interp.set_tensor(d["index"], feeds[d["name"]] if x is None else x)
         interp.invoke()
         return [interp.get_tensor(d["index"]).copy() for d in interp.get_output_details()]
 
@@ -72,6 +130,18 @@ def load(path: Path, overrides: Mapping[str, Sequence[int]]) -> SourceModel:
     return SourceModel("tflite", inputs, outputs, interp, run, to_onnx, notes=notes)
 
 
+def _aliases(interp: Any, io_map: Mapping[str, Any]) -> dict[str, tuple[str, list[int] | None]]:
+    """Tensor name -> (source name, perm from the source layout) for mapped inputs."""
+    keys = _signature_keys(interp)["inputs"]
+    by_key = {e["signature"]: e for e in io_map.get("inputs") or [] if "signature" in e}
+    out = {}
+    for d in interp.get_input_details():
+        entry = by_key.get(keys.get(d["index"], ""))
+        if entry and entry.get("name"):
+            out[d["name"]] = (entry["name"], entry.get("perm"))
+    return out
+
+
 def from_object(
     obj: Any, overrides: Mapping[str, Sequence[int]], example_inputs: Sequence[Any] | None
 ) -> SourceModel:
@@ -81,9 +151,10 @@ def from_object(
 def describe(path: Path) -> dict[str, Any]:
     interp = _interpreter(path)
     ops: Counter[str] = Counter(op["op_name"] for op in interp._get_ops_details())
+    io_map, keys = _io_map(path), _signature_keys(interp)
     return {
-        "inputs": [_details_spec(d).to_json() for d in interp.get_input_details()],
-        "outputs": [_details_spec(d).to_json() for d in interp.get_output_details()],
+        "inputs": _named(interp.get_input_details(), keys["inputs"], io_map.get("inputs")),
+        "outputs": _named(interp.get_output_details(), keys["outputs"], io_map.get("outputs")),
         # TFLite keeps weights as buffers without names that mark them as such; counting them
         # reliably needs the flatbuffer schema, so this is left unknown rather than guessed.
         "parameters": None,

@@ -190,9 +190,13 @@ def describe(path: Path) -> dict[str, Any]:
         str(n.target).removeprefix("aten.") for n in ep.graph.nodes if n.op == "call_function"
     )
     params = sum(int(np.prod(t.shape)) for t in ep.state_dict.values())
+    # The output node's metadata holds fake tensors with the traced shapes: no run needed.
+    out_node = next(n for n in ep.graph.nodes if n.op == "output")
+    vals = [a.meta.get("val") for a in out_node.args[0] if hasattr(a, "meta")]
+    outputs = [_spec(f"output_{i}", v).to_json() for i, v in enumerate(vals) if v is not None]
     return {
         "inputs": [_spec(n, t).to_json() for n, t in zip(names, args, strict=True)],
-        "outputs": [],
+        "outputs": outputs,
         "parameters": params,
         "ops": dict(ops.most_common()),
     }

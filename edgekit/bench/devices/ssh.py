@@ -108,9 +108,9 @@ class SshDevice:
         port = ["-p", str(self.port)] if self.port else []
         return ["ssh", *self._opts, *port, self._target, command]
 
-    def _call(self, argv: list[str], what: str, timeout: float) -> str:
+    def _run(self, argv: list[str], what: str, timeout: float) -> subprocess.CompletedProcess:
         try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+            return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
         except FileNotFoundError as exc:
             raise DeviceError(
                 f"{argv[0]} not found: install the OpenSSH client (e.g. apt install openssh-client)"
@@ -120,6 +120,9 @@ class SshDevice:
                 f"{self.where}: {what} did not finish within {timeout:.0f} s; check the device "
                 "or raise --timeout"
             ) from exc
+
+    def _call(self, argv: list[str], what: str, timeout: float) -> str:
+        done = self._run(argv, what, timeout)
         if done.returncode != 0:
             raise ssh_error(self.where, done.returncode, done.stderr, what)
         return done.stdout
@@ -170,16 +173,19 @@ class SshDevice:
         port = ["-P", str(self.port)] if self.port else []
         legacy = ["-O"] if self._legacy_scp else []
         dest = f"{self._target}:{remote}/"
-        argv = ["scp", "-q", "-r", *legacy, *self._opts, *port, str(local), dest]
-        try:
-            self._call(argv, "copying the runner and artifact", self._timeout)
-        except DeviceError:
-            if self._legacy_scp:
-                raise
-            # scp speaks SFTP since OpenSSH 9; boards whose sshd has no sftp subsystem close
-            # the connection, and the classic scp protocol (-O) still works there.
+        # No -q: it silences ssh's own diagnostics, and the retry below needs its stderr.
+        argv = ["scp", "-r", *legacy, *self._opts, *port, str(local), dest]
+        what = "copying the runner and artifact"
+        done = self._run(argv, what, self._timeout)
+        if done.returncode == 0:
+            return
+        if not self._legacy_scp and sftp_missing(done.stderr):
+            # scp speaks SFTP since OpenSSH 9; on boards whose sshd has no sftp subsystem the
+            # classic scp protocol (-O) still works. Any other failure is reported as it is.
             self._legacy_scp = True
             self._copy(local, remote)
+            return
+        raise ssh_error(self.where, done.returncode, done.stderr, what)
 
     def close(self) -> None:
         """Remove the device's work folder and the local staging copy."""
@@ -201,6 +207,20 @@ def _link(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
+
+
+def sftp_missing(stderr: str) -> bool:
+    """Whether scp (SFTP mode) failed because the server has no sftp subsystem.
+
+    An sshd without ``Subsystem sftp`` (or Dropbear without sftp-server) refuses the request,
+    and ssh says "subsystem request failed on channel 0". An sshd whose configured sftp-server
+    binary is absent just closes the channel: scp's "Connection closed" is then the only line,
+    whereas ssh's own failures (key refused, host key, unreachable, server timeout) print their
+    reason before it."""
+    lines = [ln.strip().lower() for ln in stderr.splitlines() if ln.strip()]
+    if any("subsystem request failed" in ln for ln in lines):
+        return True
+    return lines == ["scp: connection closed"]
 
 
 def ssh_error(where: str, code: int, stderr: str, what: str) -> EdgekitError:

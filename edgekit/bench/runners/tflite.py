@@ -4,15 +4,22 @@ Standalone: needs only LiteRT's interpreter (``ai-edge-litert``, or ``tflite-run
 boards that ship that) and numpy next to ``_harness.py``. Inputs are set once; the timed call is
 ``invoke()`` alone (what TFLite's ``benchmark_model`` times). The XNNPACK delegate is LiteRT's
 default on CPU and stays on.
+
+Inputs are named by the model's signature keys (``args_0``, not the tensor name
+``serving_default_args_0``), the names edgekit's TFLite sessions and export maps use; files
+without a signature keep tensor names. Source names and layouts (edgekit's ``edgekit_io`` map)
+are edgekit's business: the parent renames and transposes ``--inputs`` before they get here.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any
 
 RUNTIME = "litert"
 PIP = "ai-edge-litert"
+METADATA_NAME = "edgekit_io"  # edgekit's source<->artifact I/O map inside an exported file
 _COMPUTE_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "TRANSPOSE_CONV"}
 
 
@@ -30,6 +37,29 @@ def import_runtime() -> Any:
 
 def companion_files(path: str) -> list[str]:
     return []
+
+
+def io_map(path: str) -> dict[str, Any] | None:
+    """Host side only (the parent calls it for a file without its export sidecar; a device
+    never does): the source-to-artifact I/O map edgekit stores in the file's metadata, else
+    None. The entry is the one ``edgekit.backends.tflite_session.write_io_map`` writes; it is
+    read here with LiteRT's own flatbuffer schema because runners import nothing of edgekit."""
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:
+        return None
+    try:
+        with open(path, "rb") as f:
+            model = schema.Model.GetRootAs(f.read(), 0)
+        for i in range(model.MetadataLength()):
+            meta = model.Metadata(i)
+            name = meta.Name()
+            if (name.decode() if isinstance(name, bytes) else name) == METADATA_NAME:
+                raw = model.Buffers(meta.Buffer()).DataAsNumpy()
+                return json.loads(bytes(raw).decode())
+    except Exception:  # a foreign or damaged file has no usable map; the runner reports it
+        return None
+    return None
 
 
 def _version(module: Any) -> str | None:
@@ -52,10 +82,11 @@ class _Model:
         self._it = rt.Interpreter(model_path=path, num_threads=opts.threads)
         self._it.allocate_tensors()
         details = self._it.get_input_details()
-        self._index = {d["name"]: d["index"] for d in details}
+        names = _signature_names(self._it, [d["index"] for d in details])
+        self._index = {names.get(d["index"], d["name"]): d["index"] for d in details}
         self.inputs = [
             (
-                d["name"],
+                names.get(d["index"], d["name"]),
                 d["dtype"].__name__,
                 [int(v) if v >= 0 else None for v in d.get("shape_signature", d["shape"])],
             )
@@ -105,6 +136,19 @@ class _Model:
 
     def run(self) -> None:
         self._it.invoke()
+
+
+def _signature_names(it: Any, indices: list[int]) -> dict[int, str]:
+    """Tensor index -> signature key, when the model has one signature over these inputs."""
+    try:
+        sigs = it._get_full_signature_list()  # the public list has no tensor indices
+    except Exception:
+        return {}
+    if not sigs or len(sigs) != 1:
+        return {}  # several signatures may run other subgraphs than the one invoked here
+    keys = next(iter(sigs.values())).get("inputs") or {}
+    by_index = {int(i): k for k, i in keys.items()}
+    return by_index if sorted(by_index) == sorted(indices) else {}
 
 
 def load(rt: Any, path: str, opts: Any) -> _Model:
