@@ -217,6 +217,15 @@ def export(
     tgt = resolve_target(target)
     backend = get_backend(tgt.backend)
     _check_source_format(model, backend)
+    wanted = precision or tgt.default_precision
+    if wanted not in backend.precisions:
+        offered = [n for n in backend_names() if wanted in get_backend(n).precisions]
+        if offered:
+            raise UsageError(
+                f"precision '{wanted}' is not supported by {backend.name} (it supports "
+                f"{', '.join(backend.precisions)}); --target {' or --target '.join(offered)} "
+                "offers it"
+            )
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -227,7 +236,7 @@ def export(
         Recipe()
         .updated(**tgt.recipe)
         .updated(precision=precision or tgt.default_precision, **recipe_fields)
-        .validate(backend.precisions)
+        .validate(backend.precisions, backend.name)
     )
     check_on = device or tgt.device
     if not is_remote(check_on):

@@ -51,14 +51,16 @@ class Recipe:
     #: dtype of the artifact's inputs/outputs for full-integer models (Edge TPU, MCUs)
     io_dtype: str = "float"
 
-    def validate(self, supported: tuple[str, ...] | None = None) -> Recipe:
+    def validate(
+        self, supported: tuple[str, ...] | None = None, backend: str = "this backend"
+    ) -> Recipe:
         if self.precision not in PRECISIONS:
             raise UsageError(
                 f"unknown precision '{self.precision}'; choose one of {', '.join(PRECISIONS)}"
             )
         if supported is not None and self.precision not in supported:
             raise UsageError(
-                f"precision '{self.precision}' is not supported by this backend; it supports "
+                f"precision '{self.precision}' is not supported by {backend}; it supports "
                 f"{', '.join(supported)}"
             )
         if self.calibration_method not in CALIBRATION_METHODS:

@@ -1,9 +1,10 @@
 """TFLite intake: inspect and reference-run ``.tflite`` files with ai_edge_litert.
 
-Exporting *from* TFLite is not offered; the TFLite file is read for ``inspect`` and
-``benchmark``. A file is first loaded and run once in a child process
-(:mod:`edgekit.backends.tflite_validate`): LiteRT can crash on a malformed model, and a crash
-there is an error message here instead of a dead process.
+A ``.tflite`` source is read for ``inspect`` and ``benchmark``, and exported by the backends
+that list ``tflite`` in their ``source_formats`` (OpenVINO converts it by path). A file is first
+loaded and run once in a child process (:mod:`edgekit.backends.tflite_validate`): LiteRT can
+crash on a malformed model, and a crash there is an error message here instead of a dead
+process.
 
 A file edgekit exported carries its source's input/output names and layout (the ``edgekit_io``
 map, :mod:`edgekit.backends.tflite_session`). ``inspect`` shows those names, as edgekit's

@@ -23,7 +23,7 @@ SCHEMES: dict[str, str] = {
 }
 
 
-def resolve(spec: str | None, **options: Any):
+def resolve(spec: str | None, **options: Any) -> Any:
     """The device object for ``spec``; ``options`` go to its constructor (each takes what it
     understands: ``remote_python``, ``ssh_config``, ``benchmark_binary``, timeouts…)."""
     spec = (spec or "local").strip()
