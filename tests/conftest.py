@@ -59,3 +59,23 @@ def feeds(images: np.ndarray, name: str, layout: str = "NCHW") -> list[dict[str,
     """One feed dict of batch 1 per picture."""
     x = samples.to_input(images, layout=layout)
     return [{name: x[i : i + 1]} for i in range(len(x))]
+
+
+def export_digits(
+    model, target, precision, digits, out, name, layout, n_calib=64, n_eval=120, **kw
+):
+    """Export ``model`` calibrated on training digits and checked on held-out test digits."""
+    import edgekit
+
+    x_train, _, x_test, _ = digits
+    return edgekit.export(
+        model,
+        target,
+        precision,
+        output_dir=out,
+        calibration=feeds(x_train[:n_calib], name, layout),
+        eval_data=feeds(x_test[:n_eval], name, layout),
+        eval_samples=n_eval,
+        name="digits",
+        **kw,
+    )

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import feeds
+from conftest import export_digits, feeds
 
 import edgekit
 from edgekit import samples
@@ -40,19 +40,20 @@ def sources(torch_cnn, keras_cnn, onnx_cnn):
 @pytest.mark.parametrize("source", ["torch", "onnx", "keras"])
 def test_export_matches_fp32_source(source, precision, sources, digits, tmp_path):
     model, name, layout, ref_kind, ref_model = sources[source]
-    x_train, _, x_test, y_test = digits
+    _, _, x_test, y_test = digits
     kwargs = {"example_inputs": (np.zeros((1, 1, 32, 32), np.float32),)}
     if source != "torch":
         kwargs = {}
-    report = edgekit.export(
+    report = export_digits(
         model,
         "onnxruntime",
         precision,
-        output_dir=tmp_path,
-        calibration=feeds(x_train[:N_CALIB], name, layout),
-        eval_data=feeds(x_test[:N_EVAL], name, layout),
-        eval_samples=N_EVAL,
-        name="digits",
+        digits,
+        tmp_path,
+        name,
+        layout,
+        N_CALIB,
+        N_EVAL,
         **kwargs,
     )
     assert report.artifact.is_file() and report.artifact.suffix == ".onnx"

@@ -10,7 +10,7 @@ import os
 import numpy as np
 import onnx
 import pytest
-from conftest import feeds
+from conftest import export_digits, feeds
 from onnx import TensorProto, helper, numpy_helper
 from onnx_models import conv_model, linear_model, linear_reference
 
@@ -127,16 +127,17 @@ def _input_name(model, kwargs) -> str:
 )
 def test_export_matches_fp32_source(source, precision, sources, digits, tmp_path):
     model, kwargs, name, layout, reference = sources[source]
-    x_train, _, x_test, y_test = digits
-    report = edgekit.export(
+    _, _, x_test, y_test = digits
+    report = export_digits(
         model,
         "openvino",
         precision,
-        output_dir=tmp_path,
-        calibration=feeds(x_train[:N_CALIB], name, layout),
-        eval_data=feeds(x_test[:N_EVAL], name, layout),
-        eval_samples=N_EVAL,
-        name="digits",
+        digits,
+        tmp_path,
+        name,
+        layout,
+        N_CALIB,
+        N_EVAL,
         **kwargs,
     )
     assert report.artifact.suffix == ".xml" and report.artifact.with_suffix(".bin").is_file()

@@ -12,7 +12,7 @@ import sys
 import h5py
 import numpy as np
 import pytest
-from conftest import feeds
+from conftest import export_digits, feeds
 
 import edgekit
 from edgekit import samples
@@ -131,17 +131,8 @@ def tf_sources(keras_cnn, tmp_path_factory):
 
 
 def _export(model, precision, tmp_path, digits, name, layout, **kwargs):
-    x_train, _, x_test, _ = digits
-    return edgekit.export(
-        model,
-        "tflite",
-        precision,
-        output_dir=tmp_path,
-        calibration=feeds(x_train[:N_CALIB], name, layout),
-        eval_data=feeds(x_test[:N_EVAL], name, layout),
-        eval_samples=N_EVAL,
-        name="digits",
-        **kwargs,
+    return export_digits(
+        model, "tflite", precision, digits, tmp_path, name, layout, N_CALIB, N_EVAL, **kwargs
     )
 
 
