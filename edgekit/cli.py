@@ -8,11 +8,11 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from edgekit import __version__
-from edgekit.errors import EXIT_CODES, EdgekitError
+from edgekit.errors import EXIT_CODES, EdgekitError, first_line
 
 _EPILOG = "exit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES.items())
 
@@ -26,14 +26,25 @@ def _floats(text: str) -> tuple[float, ...]:
         ) from None
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
-    return value
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(
+                f"expected a number of at least {minimum}, got {value}"
+            )
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_count = _int_at_least(0)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -157,16 +168,6 @@ def _parser() -> argparse.ArgumentParser:
     remote.add_argument("--timeout", type=_seconds, default=600.0, metavar="S", help="per step")
     bm.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
-    return value
 
 
 def _seconds(text: str) -> float:
@@ -370,9 +371,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if os.environ.get("EDGEKIT_DEBUG"):
             raise
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
         print(
-            f"edgekit: internal error: {type(exc).__name__}: {first} "
+            f"edgekit: internal error: {type(exc).__name__}: {first_line(exc)} "
             "(rerun with EDGEKIT_DEBUG=1 for the traceback and report it)",
             file=sys.stderr,
         )

@@ -79,6 +79,12 @@ EXIT_CODES: dict[int, str] = {
 }
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of a framework exception, for a one-line message."""
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    return lines[0][:limit] if lines else type(exc).__name__
+
+
 def require(module: str, extra: str) -> Any:
     """Import an optional dependency or raise MissingDependencyError naming the extra."""
     import importlib

@@ -25,7 +25,7 @@ from edgekit import __version__
 from edgekit.backends import backend_names, get_backend
 from edgekit.backends.base import is_remote
 from edgekit.calibration import ImageOptions, load_samples, split_samples
-from edgekit.errors import DataError, EdgekitError, ModelFormatError, UsageError
+from edgekit.errors import DataError, EdgekitError, ModelFormatError, UsageError, first_line
 from edgekit.evaluate import Agreement, compare
 from edgekit.model import Feeds, SourceModel, detect_format, load_model, object_format
 from edgekit.progress import progress
@@ -164,8 +164,7 @@ def _reference(source: SourceModel, feeds: Feeds) -> list[Any]:
     except EdgekitError:
         raise
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        first = re.sub(r"^\[[^\]]*\]\s*", "", first)[:300]
+        first = re.sub(r"^\[[^\]]*\]\s*", "", first_line(exc))
         raise ModelFormatError(
             f"the {source.format} source model does not run on its own inputs: {first}; fix "
             "or re-export the source model"

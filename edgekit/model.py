@@ -83,6 +83,15 @@ class SourceModel:
         return self.path.name.split(".")[0] if self.path.is_file() else self.path.name
 
 
+def output_list(out: Any) -> list[Any]:
+    """A framework call's outputs (one tensor, a list/tuple, or a dict) as a flat list."""
+    if isinstance(out, Mapping):
+        return list(out.values())
+    if isinstance(out, list | tuple):
+        return list(out)
+    return [out]
+
+
 def file_digest(path: Path) -> tuple[str, int]:
     """sha256 and total size of a file, or of every file below a directory (sorted walk)."""
     h = hashlib.sha256()

@@ -30,6 +30,7 @@ from edgekit.errors import (
     ModelFormatError,
     ModelNotFoundError,
     UsageError,
+    first_line,
 )
 from edgekit.model import Feeds, SourceModel, TensorSpec
 from edgekit.progress import progress
@@ -118,11 +119,8 @@ def _ort_spec(arg: Any) -> TensorSpec:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    if not text:
-        return type(exc).__name__
     # ORT prefixes load errors with the (temporary) path it was given; the user never saw it.
-    return re.sub(r"^\[[^\]]*\]\s*|Load model from \S+ failed:", "", text[0]).strip()[:300]
+    return re.sub(r"^\[[^\]]*\]\s*|Load model from \S+ failed:", "", first_line(exc)).strip()
 
 
 def _io_quantization(model: Any) -> dict[str, dict[str, Any]]:

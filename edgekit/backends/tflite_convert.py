@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import ConversionError, MissingDependencyError, require
-from edgekit.model import SourceModel
+from edgekit.errors import ConversionError, MissingDependencyError, first_line, require
+from edgekit.model import SourceModel, output_list
 
 NCHW_TO_NHWC = [0, 2, 3, 1]
 
@@ -66,11 +66,6 @@ def convert(source: SourceModel, workdir: Path) -> Converted:
         f"cannot convert a {source.format} model to TFLite; pass the PyTorch, Keras or "
         "SavedModel source"
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-    return lines[0][:300] if lines else type(exc).__name__
 
 
 @contextlib.contextmanager
@@ -110,18 +105,10 @@ def _from_tensorflow(source: SourceModel, workdir: Path) -> Converted:
     except ConversionError:
         raise
     except Exception as exc:
-        raise ConversionError(f"TFLiteConverter failed: {_first_line(exc)}") from exc
+        raise ConversionError(f"TFLiteConverter failed: {first_line(exc)}") from exc
     inputs = [{"name": s.name, "signature": s.name} for s in source.inputs]
     outputs = [{"name": n, "signature": n} for n in out_names]
     return Converted(bytes(model), inputs, outputs)
-
-
-def _flat(out: Any) -> list[Any]:
-    if isinstance(out, dict):
-        return list(out.values())
-    if isinstance(out, list | tuple):
-        return list(out)
-    return [out]
 
 
 def _keras_callable(model: Any, specs: list[Any], saved: Path) -> tuple[Any, Any]:
@@ -134,7 +121,7 @@ def _keras_callable(model: Any, specs: list[Any], saved: Path) -> tuple[Any, Any
     endpoint = loaded.serve
 
     def call(args: list[Any]) -> list[Any]:
-        return _flat(endpoint(args[0] if len(args) == 1 else args))
+        return output_list(endpoint(args[0] if len(args) == 1 else args))
 
     return call, loaded
 
@@ -199,6 +186,6 @@ def _from_torch(source: SourceModel) -> Converted:
             edge = litert_torch.convert(module, tuple(args))
             model = edge.model_content()
     except Exception as exc:
-        raise ConversionError(f"litert-torch failed: {_first_line(exc)}") from exc
+        raise ConversionError(f"litert-torch failed: {first_line(exc)}") from exc
     outputs = [{"name": s.name, "signature": f"output_{i}"} for i, s in enumerate(source.outputs)]
     return Converted(bytes(model), inputs, outputs, notes)

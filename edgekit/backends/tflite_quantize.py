@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import ConversionError, UsageError, require
+from edgekit.errors import ConversionError, UsageError, first_line, require
 from edgekit.model import Feeds
 from edgekit.progress import enabled as progress_enabled
 from edgekit.recipe import Recipe
@@ -208,6 +208,6 @@ def quantize(model: bytes, recipe: Recipe, calibration: Sequence[Feeds]) -> byte
     except UsageError:
         raise
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        first = first_line(exc)
         raise ConversionError(f"ai-edge-quantizer failed ({recipe.precision}): {first}") from exc
     return bytes(result.quantized_model)

@@ -25,7 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import ConversionError, DataError, ModelFormatError, ModelNotFoundError, require
+from edgekit.errors import (
+    ConversionError,
+    DataError,
+    ModelFormatError,
+    ModelNotFoundError,
+    first_line,
+    require,
+)
 from edgekit.model import Feeds, TensorSpec
 
 METADATA_NAME = "edgekit_io"
@@ -115,7 +122,7 @@ class TFLiteSession:
                 experimental_op_resolver_type=interp_mod.OpResolverType.BUILTIN,
             )
         except (ValueError, RuntimeError) as exc:
-            raise ModelFormatError(f"LiteRT cannot load {path.name}: {_first_line(exc)}") from exc
+            raise ModelFormatError(f"LiteRT cannot load {path.name}: {first_line(exc)}") from exc
         io_map = read_io_map(data) or {}
         sigs = self._interp.get_signature_list()
         self._runner = None
@@ -184,7 +191,7 @@ class TFLiteSession:
                 self._interp.invoke()
                 outs = [self._interp.get_tensor(i).copy() for i in self._out_idx]
         except (ValueError, RuntimeError) as exc:
-            raise ConversionError(f"LiteRT failed to run the model: {_first_line(exc)}") from exc
+            raise ConversionError(f"LiteRT failed to run the model: {first_line(exc)}") from exc
         if float_in:
             outs = [dequantize(o, s) for o, s in zip(outs, self.outputs, strict=True)]
         return outs
@@ -214,8 +221,3 @@ def _litert_version() -> str:
         return importlib.metadata.version("ai-edge-litert")
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__

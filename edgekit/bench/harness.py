@@ -25,7 +25,7 @@ from edgekit.bench.devices.process import ErrorFor, RunnerProcess
 from edgekit.bench.interleave import default_rounds, run_rounds
 from edgekit.bench.memory import figures
 from edgekit.bench.runners._harness import RunnerError, parse_cpus
-from edgekit.bench.schema import BenchmarkResult
+from edgekit.bench.schema import TIMING_STATS, BenchmarkResult
 from edgekit.bench.stats import summarize
 from edgekit.errors import (
     ConversionError,
@@ -42,7 +42,7 @@ from edgekit.progress import progress
 RUNNERS_DIR = Path(__file__).resolve().parent / "runners"
 SIDECAR_SUFFIX = ".edgekit.json"
 INFERENCE_PRECISIONS = ("match", "auto", "f32", "f16", "bf16")
-_TIMING_KEYS = ("runs", "p50", "p90", "p99", "min", "max", "mean", "std", "cv")
+_TIMING_KEYS = ("runs", *TIMING_STATS)
 # Runner error kinds -> what edgekit raises (runtime_missing is handled on its own).
 _KINDS: dict[str, type[EdgekitError]] = {
     "usage": UsageError,

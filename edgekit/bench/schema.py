@@ -43,6 +43,8 @@ from typing import Any
 SCHEMA_NAME = "edgekit.benchmark"
 SCHEMA_VERSION = 1
 
+#: statistics over the counted runs, in timing_ms (besides load, first_inference and runs)
+TIMING_STATS: tuple[str, ...] = ("p50", "p90", "p99", "min", "max", "mean", "std", "cv")
 _NUM = ["number", "null"]
 _STR = ["string", "null"]
 
@@ -113,33 +115,9 @@ JSON_SCHEMA: dict[str, Any] = {
                     "precision": {"type": "object", "required": ["artifact", "effective"]},
                     "timing_ms": {
                         "type": "object",
-                        "required": [
-                            "load",
-                            "first_inference",
-                            "runs",
-                            "p50",
-                            "p90",
-                            "p99",
-                            "min",
-                            "max",
-                            "mean",
-                            "std",
-                            "cv",
-                        ],
+                        "required": ["load", "first_inference", "runs", *TIMING_STATS],
                         "properties": {
-                            k: {"type": _NUM}
-                            for k in (
-                                "load",
-                                "first_inference",
-                                "p50",
-                                "p90",
-                                "p99",
-                                "min",
-                                "max",
-                                "mean",
-                                "std",
-                                "cv",
-                            )
+                            k: {"type": _NUM} for k in ("load", "first_inference", *TIMING_STATS)
                         },
                     },
                     "throughput_ips": {"type": _NUM},

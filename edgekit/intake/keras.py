@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import ConversionError, ModelFormatError, UsageError, require
-from edgekit.model import Feeds, SourceModel, TensorSpec, fix_shapes
+from edgekit.errors import ConversionError, ModelFormatError, UsageError, first_line, require
+from edgekit.model import Feeds, SourceModel, TensorSpec, fix_shapes, output_list
 
 OPSET = 17
 
@@ -31,11 +31,6 @@ def _keras() -> Any:
     return require("keras", "tensorflow")
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__
-
-
 def _load_keras(path: Path) -> Any:
     keras = _keras()
     try:
@@ -47,11 +42,11 @@ def _load_keras(path: Path) -> Any:
                 "run from a file; rebuild the model without Lambda layers"
             ) from exc
         raise ModelFormatError(
-            f"{path.name} is not a loadable Keras model: {_first_line(exc)}"
+            f"{path.name} is not a loadable Keras model: {first_line(exc)}"
         ) from exc
     except Exception as exc:
         raise ModelFormatError(
-            f"{path.name} is not a loadable Keras model (truncated or corrupt?): {_first_line(exc)}"
+            f"{path.name} is not a loadable Keras model (truncated or corrupt?): {first_line(exc)}"
         ) from exc
 
 
@@ -70,14 +65,6 @@ def _keras_specs(model: Any) -> tuple[list[TensorSpec], list[str]]:
     return inputs, out_names
 
 
-def _to_numpy_list(out: Any) -> list[np.ndarray]:
-    if isinstance(out, Mapping):
-        return [np.asarray(v) for v in out.values()]
-    if isinstance(out, list | tuple):
-        return [np.asarray(v) for v in out]
-    return [np.asarray(out)]
-
-
 def _build(
     fmt: str,
     handle: Any,
@@ -92,7 +79,8 @@ def _build(
     names = [s.name for s in inputs]
 
     def run(feeds: Feeds) -> list[np.ndarray]:
-        return _to_numpy_list(call([tf.constant(feeds[n]) for n in names]))
+        outs = call([tf.constant(feeds[n]) for n in names])
+        return [np.asarray(v) for v in output_list(outs)]
 
     probe = run({s.name: np.zeros(s.shape, dtype=s.dtype) for s in inputs})
     outputs = [
@@ -105,7 +93,7 @@ def _build(
 
         @tf.function(input_signature=spec)
         def fn(*args: Any) -> dict[str, Any]:
-            outs = _to_tensor_list(call(list(args)))
+            outs = output_list(call(list(args)))
             return dict(zip(out_names, outs, strict=True))
 
         try:
@@ -114,7 +102,7 @@ def _build(
             )
         except Exception as exc:
             raise ConversionError(
-                f"tf2onnx could not convert the model: {_first_line(exc)}"
+                f"tf2onnx could not convert the model: {first_line(exc)}"
             ) from exc
 
     return SourceModel(
@@ -126,14 +114,6 @@ def _build(
         to_onnx=to_onnx,
         notes=notes,
     )
-
-
-def _to_tensor_list(out: Any) -> list[Any]:
-    if isinstance(out, Mapping):
-        return list(out.values())
-    if isinstance(out, list | tuple):
-        return list(out)
-    return [out]
 
 
 def _from_keras(model: Any, overrides: Mapping[str, Sequence[int]]) -> SourceModel:
@@ -153,7 +133,7 @@ def _load_savedmodel(path: Path) -> tuple[Any, Any]:
         loaded = tf.saved_model.load(str(path))
     except Exception as exc:
         raise ModelFormatError(
-            f"{path} is not a loadable SavedModel (corrupt or incomplete?): {_first_line(exc)}"
+            f"{path} is not a loadable SavedModel (corrupt or incomplete?): {first_line(exc)}"
         ) from exc
     sig = loaded.signatures.get("serving_default")
     if sig is None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import ConversionError, ModelFormatError, UsageError, require
+from edgekit.errors import ConversionError, ModelFormatError, UsageError, first_line, require
 from edgekit.model import Feeds, SourceModel, TensorSpec
 
 OPSET = 18
@@ -110,7 +110,7 @@ def _build(
                     verbose=False,
                 )
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            first = first_line(exc)
             raise ConversionError(f"torch.onnx.export failed: {first}") from exc
 
     return SourceModel(
