@@ -678,6 +678,13 @@ def _cast(array: np.ndarray, dtype: np.dtype, where: str) -> np.ndarray:
                 f"{dtype} ({info.min}..{info.max}); rescale the data to that range"
             )
         return array.astype(dtype)
+    if src.kind in "biu" and dtype.kind == "f":
+        # Integer or bool data for a float input is nearly always unscaled pixels or labels in
+        # the wrong key; casting it would calibrate on the wrong range without a word.
+        raise DataError(
+            f"{where} is {src} but the model expects {dtype}; convert it the way the model's "
+            f"inputs are prepared (e.g. x.astype('{dtype}') / 255 for pixels) and pass that"
+        )
     if src.kind in "biuf" and np.can_cast(src, dtype, "same_kind"):
         with np.errstate(over="ignore"):
             out = array.astype(dtype)

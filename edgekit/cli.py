@@ -292,6 +292,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     ops = info.get("ops") or {}
     if ops:
         print("ops: " + ", ".join(f"{k} {v}" for k, v in ops.items()))
+    for note in info.get("notes") or []:
+        print(f"note: {note}")
     report = info.get("target_report")
     if report:
         print(f"target {args.target}:")

@@ -22,18 +22,27 @@ from pathlib import Path
 from typing import Any
 
 from edgekit import __version__
+from edgekit.artifact import SIDECAR_SCHEMA_VERSION, sidecar_path
 from edgekit.backends import backend_names, get_backend
 from edgekit.backends.base import is_remote
 from edgekit.calibration import ImageOptions, load_samples, split_samples
+from edgekit.commit import commit, make_workdir, output_folder, remove_stale
 from edgekit.errors import DataError, EdgekitError, ModelFormatError, UsageError, first_line
 from edgekit.evaluate import Agreement, compare
-from edgekit.model import Feeds, SourceModel, detect_format, load_model, object_format
+from edgekit.model import (
+    Feeds,
+    SourceModel,
+    detect_format,
+    file_digest,
+    load_model,
+    object_format,
+)
 from edgekit.progress import progress
 from edgekit.recipe import Recipe
 from edgekit.targets import resolve_target
 
-SIDECAR_SUFFIX = ".edgekit.json"
-SIDECAR_SCHEMA_VERSION = 1
+# File names are at most 255 bytes; precision, suffix and ".edgekit.json" need the rest.
+_MAX_NAME_BYTES = 200
 # Frameworks whose versions go into the sidecar when they took part in an export.
 _TOOL_PACKAGES = {
     "torch": "torch",
@@ -213,6 +222,11 @@ def export(
         raise UsageError(f"-o {out_dir} exists and is not a folder; choose another output folder")
     if name is not None and (Path(name).name != name or name in ("", ".", "..")):
         raise UsageError(f"--name '{name}' must be a plain file name stem, without '/'")
+    if name is not None and len(name.encode()) > _MAX_NAME_BYTES:
+        raise UsageError(
+            f"--name is {len(name.encode())} bytes long; file systems allow 255 per name with "
+            f"the suffixes edgekit adds, so keep it to {_MAX_NAME_BYTES}"
+        )
     tgt = resolve_target(target)
     backend = get_backend(tgt.backend)
     _check_source_format(model, backend)
@@ -225,18 +239,18 @@ def export(
                 f"{', '.join(backend.precisions)}); --target {' or --target '.join(offered)} "
                 "offers it"
             )
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(
-            f"cannot create the output folder {out_dir} ({exc.strerror}); choose another with -o"
-        ) from exc
     recipe = (
         Recipe()
         .updated(**tgt.recipe)
         .updated(precision=precision or tgt.default_precision, **recipe_fields)
         .validate(backend.precisions, backend.name)
     )
+    if recipe_fields.get("percentile") is not None and recipe.calibration_method != "percentile":
+        raise UsageError(
+            "--percentile applies only to --calibration-method percentile; drop it or add "
+            "--calibration-method percentile"
+        )
+    unused = recipe.unused(k for k, v in recipe_fields.items() if v is not None)
     check_on = device or tgt.device
     if not is_remote(check_on):
         backend.check_device(check_on)
@@ -247,61 +261,101 @@ def export(
         _reference(source, feeds)
 
     stem = f"{name or source.name}_{recipe.precision}"
-    workdir = Path(tempfile.mkdtemp(dir=out_dir, prefix=".edgekit-tmp-"))
     try:
-        result = backend.export(source, recipe, calib, workdir, stem)
-        # The agreement check runs here; a remote target device is benchmarked, not used here.
-        session = backend.open_session(
-            result.primary, device=None if is_remote(check_on) else check_on
-        )
-        if not held:
-            # Every artifact runs at least once before it is moved into place.
-            probe = calib[:1] or load_samples("random", source.inputs, limit=1, seed=recipe.seed)
-            session.run(probe[0])
-        reference = [_reference(source, f) for f in progress(held, desc="reference")]
-        candidate = [session.run(f) for f in progress(held, desc="exported")]
-        agreement = compare(reference, candidate)
-        size = sum(f.stat().st_size for f in result.files)
-        # In-memory models have no file: their FP32 ONNX form stands in as the source size.
-        fp32_onnx = workdir / "source.fp32.onnx"
-        source_size = (
-            source.size_bytes
-            or (fp32_onnx.stat().st_size if fp32_onnx.exists() else 0)
-            or int(result.details.get("fp32_size_bytes", 0))
-        )
-        final_files = [out_dir / f.name for f in result.files]
-        artifact = out_dir / result.primary.name
-        sidecar = out_dir / f"{result.primary.name}{SIDECAR_SUFFIX}"
-        payload = {
-            "schema_version": SIDECAR_SCHEMA_VERSION,
-            "edgekit_version": __version__,
-            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "source": {
-                "path": str(source.path) if source.path else None,
-                "format": source.format,
-                "sha256": source.sha256 or None,
-                "size_bytes": source_size,
-            },
-            "target": tgt.name,
-            "backend": backend.name,
-            "recipe": recipe.to_json(),
-            "tools": {**_tool_versions(), **backend.versions()},
-            "inputs": [s.to_json() for s in session.inputs],
-            "outputs": [s.to_json() for s in session.outputs],
-            "artifact": {"files": [f.name for f in final_files], "size_bytes": size},
-            "backend_details": result.details,
-            "agreement": {**agreement.to_json(), "inputs": eval_desc},
-            "runtime": session.info,
-            "warnings": result.warnings,
-            "notes": source.notes,
-        }
-        _atomic_json(workdir / sidecar.name, payload)
-        # The artifact goes in before its sidecar: a sidecar never describes a missing file.
-        for f in result.files:
-            os.replace(f, out_dir / f.name)
-        os.replace(workdir / sidecar.name, sidecar)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        with output_folder(out_dir):
+            remove_stale(out_dir)
+            workdir = make_workdir(out_dir)
+            try:
+                return _export_into(
+                    out_dir,
+                    workdir,
+                    stem,
+                    started,
+                    tgt,
+                    backend,
+                    recipe,
+                    source,
+                    calib,
+                    held,
+                    eval_desc,
+                    check_on,
+                    unused,
+                )
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+    except OSError as exc:
+        # What the output folder refuses (read-only, /proc, full disk) is the user's to fix.
+        raise UsageError(
+            f"cannot write into the output folder {out_dir} ({exc.strerror or exc}); choose "
+            "another with -o"
+        ) from exc
+
+
+def _export_into(
+    out_dir: Path,
+    workdir: Path,
+    stem: str,
+    started: float,
+    tgt: Any,
+    backend: Any,
+    recipe: Recipe,
+    source: SourceModel,
+    calib: list[Feeds],
+    held: list[Feeds],
+    eval_desc: str,
+    check_on: str,
+    unused: list[str],
+) -> ExportReport:
+    result = backend.export(source, recipe, calib, workdir, stem)
+    # The agreement check runs here; a remote target device is benchmarked, not used here.
+    session = backend.open_session(result.primary, device=None if is_remote(check_on) else check_on)
+    if not held:
+        # Every artifact runs at least once before it is moved into place.
+        probe = calib[:1] or load_samples("random", source.inputs, limit=1, seed=recipe.seed)
+        session.run(probe[0])
+    reference = [_reference(source, f) for f in progress(held, desc="reference")]
+    candidate = [session.run(f) for f in progress(held, desc="exported")]
+    agreement = compare(reference, candidate)
+    size = sum(f.stat().st_size for f in result.files)
+    # In-memory models have no file: their FP32 ONNX form stands in as the source size.
+    fp32_onnx = workdir / "source.fp32.onnx"
+    source_size = (
+        source.size_bytes
+        or (fp32_onnx.stat().st_size if fp32_onnx.exists() else 0)
+        or int(result.details.get("fp32_size_bytes", 0))
+    )
+    artifact = out_dir / result.primary.name
+    sidecar = sidecar_path(artifact)
+    payload = {
+        "schema_version": SIDECAR_SCHEMA_VERSION,
+        "edgekit_version": __version__,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "source": {
+            "path": str(source.path) if source.path else None,
+            "format": source.format,
+            "sha256": source.sha256 or None,
+            "size_bytes": source_size,
+        },
+        "target": tgt.name,
+        "backend": backend.name,
+        "recipe": recipe.to_json(),
+        "tools": {**_tool_versions(), **backend.versions()},
+        "inputs": [s.to_json() for s in session.inputs],
+        "outputs": [s.to_json() for s in session.outputs],
+        "artifact": {
+            "files": [f.name for f in result.files],
+            "size_bytes": size,
+            "sha256": {f.name: file_digest(f)[0] for f in result.files},
+        },
+        "backend_details": result.details,
+        "agreement": {**agreement.to_json(), "inputs": eval_desc},
+        "runtime": session.info,
+        "warnings": [*unused, *result.warnings],
+        "notes": source.notes,
+    }
+    _atomic_json(workdir / sidecar.name, payload)
+    # The artifact goes in before its sidecar: a sidecar never describes a missing file.
+    commit(out_dir, [*result.files, workdir / sidecar.name], result.primary)
     return ExportReport(
         artifact=artifact,
         sidecar=sidecar,
@@ -313,6 +367,6 @@ def export(
         agreement=agreement,
         eval_inputs=eval_desc,
         seconds=time.perf_counter() - started,
-        warnings=result.warnings,
+        warnings=[*unused, *result.warnings],
         notes=source.notes,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,6 +38,8 @@ _SUFFIX_FORMAT = {
     ".hdf5": "keras",
     ".tflite": "tflite",
 }
+# Largest dimension accepted in --input-shape (the int32 range every runtime indexes with).
+MAX_DIM = 2**31 - 1
 # Whole-module pickles run arbitrary code when loaded: refused, with the safe route named.
 _PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".bin"}
 
@@ -109,6 +112,11 @@ def detect_format(path: Path) -> str:
     """Name the source format of ``path`` or raise with what to do instead."""
     if not path.exists():
         raise ModelNotFoundError(f"model not found: {path} (check the path)")
+    if not path.is_dir() and not path.is_file():
+        # FIFOs, devices and sockets never end or change under us: reading one would hang.
+        raise ModelFormatError(
+            f"{path} is not a regular file (a pipe, device or socket?); pass a model file"
+        )
     if path.is_dir():
         if (path / "saved_model.pb").exists() or (path / "saved_model.pbtxt").exists():
             return "savedmodel"
@@ -146,11 +154,12 @@ def parse_input_shapes(items: Sequence[str] | None) -> dict[str, tuple[int, ...]
             if not sep or not name:
                 raise ValueError
             shape = tuple(int(d) for d in dims.lower().split("x"))
-            if any(d <= 0 for d in shape):
+            if any(d <= 0 or d > MAX_DIM for d in shape):
                 raise ValueError
         except ValueError:
             raise UsageError(
-                f"bad --input-shape '{item}'; write it as NAME=DxDxD, e.g. input=1x3x224x224"
+                f"bad --input-shape '{item}'; write it as NAME=DxDxD with each size from 1 to "
+                f"{MAX_DIM}, e.g. input=1x3x224x224"
             ) from None
         shapes[name] = shape
     return shapes
@@ -197,7 +206,47 @@ def fix_shapes(
             f"input '{spec.name}' has dynamic dimensions {_fmt_shape(spec.shape)}; fix them "
             f"with --input-shape {spec.name}={example} (N replaced by the sizes you deploy)"
         )
+    for spec in fixed:
+        check_tensor_fits(spec, from_flag=spec.name in overrides)
     return fixed
+
+
+def _available_memory() -> int:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40
+
+
+def check_tensor_fits(spec: TensorSpec, from_flag: bool) -> None:
+    """Refuse an input whose samples could not be held in memory, before anything allocates
+    one: calibration keeps many samples, and the reference and the backend hold more."""
+    try:
+        itemsize = np.dtype(spec.dtype).itemsize
+    except TypeError:
+        itemsize = 8
+    count = 1
+    for d in spec.shape:
+        count *= int(d)
+    # float64 copies are made on the way (image decoding, random inputs): count 8 bytes.
+    need = count * max(itemsize, 8)
+    budget = _available_memory() // 8
+    if need <= budget:
+        return
+    where = f"--input-shape {spec.name}" if from_flag else f"the model's input '{spec.name}'"
+    message = (
+        f"{where} {_fmt_shape(spec.shape)} needs {need / (1 << 30):.1f} GiB per sample, more than "
+        f"this machine can hold for calibration and checks ({budget / (1 << 30):.1f} GiB); "
+        "use the sizes you deploy"
+    )
+    raise UsageError(message) if from_flag else ModelFormatError(message)
 
 
 def _fmt_shape(shape: Sequence[int | str]) -> str:

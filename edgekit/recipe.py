@@ -7,6 +7,7 @@ raising for anything they cannot honour rather than silently ignoring it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -23,8 +24,34 @@ PRECISIONS: tuple[str, ...] = (
 )
 CALIBRATION_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
 IO_DTYPES: tuple[str, ...] = ("float", "int8", "uint8")
+# More samples than this is a typo, not a calibration set (and would be held in memory).
+MAX_SAMPLES = 100_000
 # Precisions whose quantizer needs representative input data.
-NEEDS_CALIBRATION: frozenset[str] = frozenset({"int8", "int16x8"})
+NEEDS_CALIBRATION: tuple[str, ...] = ("int8", "int16x8")
+
+
+_QUANTIZED = ("int8", "int8-dynamic", "int16x8", "int8-weights", "int4-weights")
+#: the precisions each recipe field has an effect at (fields not listed apply everywhere)
+APPLIES_TO: dict[str, tuple[str, ...]] = {
+    "per_channel": _QUANTIZED,
+    "activation_symmetric": ("int8",),
+    "calibration_method": tuple(NEEDS_CALIBRATION),
+    "percentile": tuple(NEEDS_CALIBRATION),
+    "reduce_range": ("int8", "int8-dynamic", "int8-weights"),
+    "keep_float": ("fp16", *_QUANTIZED),
+    "io_dtype": ("int8",),
+}
+#: how the CLI spells a field, for messages
+FLAG_NAMES: dict[str, str] = {
+    "per_channel": "--per-tensor",
+    "activation_symmetric": "--symmetric/--asymmetric",
+    "calibration_method": "--calibration-method",
+    "calibration_samples": "--calibration-samples",
+    "percentile": "--percentile",
+    "reduce_range": "--reduce-range",
+    "keep_float": "--keep-float",
+    "io_dtype": "--io",
+}
 
 
 @dataclass(frozen=True)
@@ -51,9 +78,34 @@ class Recipe:
     #: dtype of the artifact's inputs/outputs for full-integer models (Edge TPU, MCUs)
     io_dtype: str = "float"
 
+    def _check_types(self) -> None:
+        """Values from a target or recipe TOML arrive untyped: ``per_channel = "no"`` must not
+        count as true, nor ``calibration_samples = "many"`` crash a comparison later."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            default = f.default
+            if isinstance(default, bool):
+                ok = isinstance(value, bool)
+                want = "true or false"
+            elif isinstance(default, int):
+                ok = isinstance(value, int) and not isinstance(value, bool)
+                want = "a whole number"
+            elif isinstance(default, float):
+                ok = isinstance(value, int | float) and not isinstance(value, bool)
+                want = "a number"
+            elif isinstance(default, str):
+                ok = isinstance(value, str)
+                want = "a string"
+            else:
+                ok = isinstance(value, tuple) and all(isinstance(v, str) for v in value)
+                want = "a list of strings"
+            if not ok:
+                raise UsageError(f"recipe field '{f.name}' must be {want}, got {value!r}")
+
     def validate(
         self, supported: tuple[str, ...] | None = None, backend: str = "this backend"
     ) -> Recipe:
+        self._check_types()
         if self.precision not in PRECISIONS:
             raise UsageError(
                 f"unknown precision '{self.precision}'; choose one of {', '.join(PRECISIONS)}"
@@ -76,9 +128,26 @@ class Recipe:
             raise UsageError("--calibration-samples must be at least 1")
         if self.eval_samples < 0:
             raise UsageError("--eval-samples must be 0 or more")
+        if not 0 <= self.seed < 2**32:
+            raise UsageError(f"--seed must be from 0 to {2**32 - 1}, got {self.seed}")
+        if self.calibration_samples > MAX_SAMPLES or self.eval_samples > MAX_SAMPLES:
+            raise UsageError(f"--calibration-samples and --eval-samples are at most {MAX_SAMPLES}")
         if not 50.0 < self.percentile <= 100.0:
             raise UsageError("--percentile must be in (50, 100], e.g. 99.99")
         return self
+
+    def unused(self, given: Iterable[str]) -> list[str]:
+        """Warnings for fields the caller set that do nothing at this recipe's precision."""
+        out = []
+        for name in given:
+            applies = APPLIES_TO.get(name)
+            if applies is not None and self.precision not in applies:
+                flag = FLAG_NAMES.get(name, name)
+                out.append(
+                    f"{flag} does nothing at precision {self.precision} (it applies to "
+                    f"{', '.join(applies)}); it was ignored"
+                )
+        return out
 
     @property
     def needs_calibration(self) -> bool:
@@ -95,4 +164,6 @@ class Recipe:
         bad = sorted(set(changes) - known)
         if bad:
             raise UsageError(f"unknown recipe field(s) {bad}; known: {sorted(known)}")
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+        # TOML and JSON give lists where the recipe keeps tuples.
+        clean = {k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()}
+        return replace(self, **{k: v for k, v in clean.items() if v is not None})

@@ -16,6 +16,16 @@ from edgekit.backends import backend_names
 from edgekit.errors import UsageError
 
 _KNOWN_KEYS = {"name", "backend", "description", "device", "precision", "recipe", "benchmark"}
+_KEY_TYPES: dict[str, type] = {
+    "name": str,
+    "backend": str,
+    "description": str,
+    "device": str,
+    "precision": dict,
+    "recipe": dict,
+    "benchmark": dict,
+}
+_MAX_PROFILE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -48,19 +58,29 @@ def target_names() -> list[str]:
 
 
 def _from_toml(path: Path) -> Target:
+    if path.stat().st_size > _MAX_PROFILE_BYTES:
+        raise UsageError(f"target profile {path} is larger than 1 MiB; is it a profile?")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"target profile {path} is not UTF-8 text ({exc.reason})") from exc
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise UsageError(f"target profile {path} is not valid TOML: {exc}") from exc
     unknown = sorted(set(data) - _KNOWN_KEYS)
     if unknown:
         raise UsageError(f"target profile {path}: unknown key(s) {unknown}")
+    for key, kind in _KEY_TYPES.items():
+        if key in data and not isinstance(data[key], kind):
+            want = "a table" if kind is dict else "a string"
+            raise UsageError(f"target profile {path}: '{key}' must be {want}, got {data[key]!r}")
     backend = data.get("backend")
     if backend not in backend_names():
         raise UsageError(
             f"target profile {path}: backend '{backend}' is not one of {', '.join(backend_names())}"
         )
     precision = data.get("precision", {})
+    if not isinstance(precision.get("default", "fp32"), str):
+        raise UsageError(f"target profile {path}: precision.default must be a string")
     return Target(
         name=data.get("name", path.stem),
         backend=backend,
@@ -75,6 +95,8 @@ def _from_toml(path: Path) -> Target:
 def resolve_target(name: str) -> Target:
     """Resolve ``--target`` to a profile, or raise listing the valid names."""
     as_path = Path(name)
+    if as_path.suffix == ".toml" and as_path.exists() and not as_path.is_file():
+        raise UsageError(f"target profile {as_path} is not a regular file")
     if as_path.suffix == ".toml" and as_path.is_file():
         return _from_toml(as_path)
     profile = _profile_dir() / f"{name}.toml"

@@ -226,7 +226,7 @@ def test_adb_fake_command_lines(fake_adb, tflite_artifact, tmp_path):
             "-s",
             SERIAL,
             "push",
-            str(tflite_artifact.path),
+            os.path.realpath(tflite_artifact.path),
             "/data/local/tmp/edgekit.a1b2c3/net_int8.tflite",
         ]
     ]
@@ -245,6 +245,27 @@ def test_adb_fake_command_lines(fake_adb, tflite_artifact, tmp_path):
         "--num_threads=2",
     ]
     assert shlex.split(log[-1][3]) == ["rm", "-rf", "/data/local/tmp/edgekit.a1b2c3"]
+
+
+def test_adb_fake_pushes_the_file_a_symlinked_artifact_points_to(fake_adb, tmp_path):
+    """adb pushes a symlink as a symlink, which would dangle on the device: the real file goes."""
+    root, calls = fake_adb
+    (root / "data/local/tmp/benchmark_model").write_bytes(b"\x7fELF")
+    (root / "data/local/tmp/benchmark_model").chmod(0o755)
+    real = tmp_path / "store" / "blob"
+    real.parent.mkdir()
+    real.write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(100))
+    link = tmp_path / "linked.tflite"
+    link.symlink_to(real)
+    art = Artifact(link, "tflite", "tflite", RUNNERS_DIR / "tflite.py", (link,), None)
+    device = AdbDevice(f"adb://{SERIAL}")
+    try:
+        device.measure(art, SETTINGS, None)
+    finally:
+        device.close()
+    (push,) = [c for c in calls() if c[2:3] == ["push"]]
+    # Named after the link on the device (it keeps the .tflite suffix), read from the file.
+    assert push[3:] == [str(real.resolve()), "/data/local/tmp/edgekit.a1b2c3/linked.tflite"]
 
 
 @pytest.mark.parametrize(

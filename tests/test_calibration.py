@@ -433,6 +433,14 @@ def test_unsafe_casts_are_refused(tmp_path):
         load_samples(tmp_path / "huge.npy", [spec((1, 4))])
 
 
+@pytest.mark.parametrize("dtype", [np.int64, np.uint8, np.bool_])
+def test_integer_or_bool_data_for_a_float_input_is_refused(tmp_path, dtype):
+    """Unscaled pixels or labels would calibrate on the wrong range without a word."""
+    np.save(tmp_path / "i.npy", np.ones((2, 4), dtype=dtype))
+    with pytest.raises(DataError, match=r"but the model expects float32; convert it"):
+        load_samples(tmp_path / "i.npy", [spec((1, 4))])
+
+
 def test_nan_is_refused_with_sample_index(tmp_path):
     data = np.zeros((4, 3), dtype=np.float32)
     data[2, 1] = np.nan

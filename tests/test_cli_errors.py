@@ -527,8 +527,13 @@ def test_export_int8_writes_artifact_and_sidecar(tmp_path: Path) -> None:
     sidecar = tmp_path / report["sidecar"]
     assert artifact.is_file() and sidecar.is_file()
     assert sidecar.name == artifact.name + ".edgekit.json"
-    # Only the artifact and its sidecar: no temporary folder or calibration cache left behind.
-    assert sorted(os.listdir(tmp_path / OUT)) == sorted([artifact.name, sidecar.name])
+    # Only the artifact and its sidecar (plus the store their names point into, see
+    # edgekit/commit.py): no temporary folder or calibration cache left behind.
+    assert sorted(os.listdir(tmp_path / OUT)) == sorted([".edgekit", artifact.name, sidecar.name])
+    store = tmp_path / OUT / ".edgekit" / artifact.name
+    generations = [p for p in store.iterdir() if not p.is_symlink()]
+    assert len(generations) == 1
+    assert sorted(os.listdir(generations[0])) == sorted([artifact.name, sidecar.name])
 
     meta = json.loads(sidecar.read_text())
     assert meta["recipe"]["precision"] == "int8"

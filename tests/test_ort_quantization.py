@@ -10,6 +10,7 @@ from conftest import feeds
 from onnx import numpy_helper
 
 import edgekit
+from edgekit.errors import UsageError
 
 
 def _qdq_params(path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -101,6 +102,49 @@ def test_keep_float_leaves_node_unquantized(onnx_cnn, calib, tmp_path):
     # A quantized Gemm reads its weight through a DequantizeLinear; a float one does not.
     inits = {t.name for t in q.graph.initializer}
     assert last.input[1] in inits or producers.get(last.input[1]) != "DequantizeLinear"
+
+
+def test_keep_float_at_fp16_keeps_that_node_in_float32(onnx_cnn, tmp_path):
+    model = onnx.load(str(onnx_cnn))
+    gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
+    weight = gemm.input[1]
+    report = edgekit.export(
+        onnx_cnn,
+        "onnxruntime",
+        "fp16",
+        output_dir=tmp_path,
+        eval_samples=4,
+        keep_float=(gemm.name,),
+    )
+    half = onnx.load(str(report.artifact))
+    arrays = {t.name: numpy_helper.to_array(t) for t in half.graph.initializer}
+    kept = next(n for n in half.graph.node if n.name == gemm.name)
+    original = next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == weight)
+    # The kept Gemm reads the original fp32 weight itself, not an fp16 copy cast back.
+    np.testing.assert_array_equal(arrays[kept.input[1]], original)
+    assert arrays[kept.input[1]].dtype == np.float32
+    assert sum(a.dtype == np.float16 for a in arrays.values()) > 0
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8", "int8-dynamic"])
+def test_keep_float_naming_no_node_is_refused(onnx_cnn, calib, tmp_path, precision):
+    with pytest.raises(UsageError, match=r"--keep-float nosuch: no such node in the ONNX model"):
+        edgekit.export(
+            onnx_cnn,
+            "onnxruntime",
+            precision,
+            output_dir=tmp_path,
+            calibration=calib,
+            eval_samples=4,
+            keep_float=("nosuch",),
+        )
+
+
+def test_scheme_flag_at_fp32_is_reported_as_ignored(onnx_cnn, tmp_path):
+    report = edgekit.export(
+        onnx_cnn, "onnxruntime", "fp32", output_dir=tmp_path, eval_samples=4, per_channel=False
+    )
+    assert any("--per-tensor does nothing at precision fp32" in w for w in report.warnings)
 
 
 def test_int8_dynamic_warns_on_conv_heavy_graph(onnx_cnn, tmp_path):

@@ -27,6 +27,7 @@ import numpy as np
 from edgekit.backends.base import ExportOutput, cpu_only
 from edgekit.errors import (
     ConversionError,
+    EdgekitError,
     ModelFormatError,
     ModelNotFoundError,
     UsageError,
@@ -74,7 +75,9 @@ class OrtSession:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = threads or 0
         opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
+        # Errors come back as exceptions and edgekit reports them on one line; ORT would also
+        # print them, coloured, to stderr first.
+        opts.log_severity_level = 4
         try:
             self._sess = ort.InferenceSession(
                 str(path), sess_options=opts, providers=["CPUExecutionProvider"]
@@ -202,7 +205,7 @@ class OnnxRuntimeBackend:
             if recipe.precision == "fp32":
                 shutil.copyfile(fp32, out)
             elif recipe.precision == "fp16":
-                self._fp16(fp32, out)
+                self._fp16(fp32, out, recipe.keep_float)
                 advice.append(
                     "fp16 halves the size but is not faster on ONNX Runtime's CPU provider "
                     "(1.0-1.16x fp32 latency in tools/bench_ort.py); for CPU speed use int8"
@@ -211,7 +214,7 @@ class OnnxRuntimeBackend:
                 details = self._int8_static(fp32, out, recipe, calibration, workdir)
             else:  # int8-dynamic; Recipe.validate has already rejected anything else
                 advice += self._int8_dynamic(fp32, out, recipe)
-        except (ConversionError, ModelFormatError):
+        except EdgekitError:
             raise
         except Exception as exc:
             raise ConversionError(
@@ -222,17 +225,22 @@ class OnnxRuntimeBackend:
         details["opset"] = next((o.version for o in model.opset_import if o.domain == ""), None)
         return ExportOutput(primary=out, files=[out], details=details, warnings=advice)
 
-    def _fp16(self, src: Path, out: Path) -> None:
+    def _fp16(self, src: Path, out: Path, keep_float: Sequence[str]) -> None:
         import onnx
         from onnxconverter_common import float16
 
+        _check_keep_float(src, keep_float)
         model = onnx.load(str(src))
         # Float32 I/O keeps the artifact a drop-in replacement: callers feed the same arrays.
         # The converter warns for every tiny weight it clamps to fp16's range; the agreement
         # figures in the summary are what tell whether that mattered.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            half = float16.convert_float_to_float16(model, keep_io_types=True)
+            half = float16.convert_float_to_float16(
+                model, keep_io_types=True, node_block_list=list(keep_float) or None
+            )
+        if keep_float:
+            _restore_fp32_weights(half, onnx.load(str(src)))
         onnx.save(half, str(out))
 
     def _int8_static(
@@ -253,6 +261,7 @@ class OnnxRuntimeBackend:
         from onnxruntime.quantization.calibrate import save_tensors_data
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
+        _check_keep_float(src, recipe.keep_float)
         prepared = workdir / "prepared.onnx"
         try:
             with _quiet():
@@ -314,6 +323,7 @@ class OnnxRuntimeBackend:
         import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
+        _check_keep_float(src, recipe.keep_float)
         convs, dense = _conv_share(onnx.load(str(src), load_external_data=False))
         advice = []
         if convs > dense:
@@ -333,6 +343,57 @@ class OnnxRuntimeBackend:
                 nodes_to_exclude=list(recipe.keep_float),
             )
         return advice
+
+
+def _restore_fp32_weights(half: Any, original: Any) -> None:
+    """onnxconverter-common turns every weight into fp16 and casts it back for a node kept in
+    float, so the node computes in fp32 on rounded weights. Feed such Casts' consumers the
+    original fp32 weight instead: a kept node keeps its real weights."""
+    import onnx
+    from onnx import numpy_helper
+
+    fp32 = {t.name: t for t in original.graph.initializer}
+    inits = {t.name for t in half.graph.initializer}
+    consumers: dict[str, int] = {}
+    for node in half.graph.node:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    to_float = [
+        n
+        for n in half.graph.node
+        if n.op_type == "Cast"
+        and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in n.attribute)
+    ]
+    for cast in to_float:
+        src = cast.input[0]
+        if src not in inits or src not in fp32 or consumers.get(src) != 1:
+            continue
+        if numpy_helper.to_array(fp32[src]).dtype != np.float32:
+            continue
+        restored = numpy_helper.to_array(fp32[src])
+        half.graph.initializer.append(numpy_helper.from_array(restored, cast.output[0]))
+        half.graph.node.remove(cast)
+        stale = next(t for t in half.graph.initializer if t.name == src)
+        half.graph.initializer.remove(stale)
+
+
+def _check_keep_float(src: Path, keep: Sequence[str]) -> None:
+    """ORT skips names in nodes_to_exclude that match nothing: a typo would quantize the very
+    layer the user meant to keep in float, so an unknown name is refused here."""
+    if not keep:
+        return
+    import onnx
+
+    graph = onnx.load(str(src), load_external_data=False).graph
+    names = {n.name for n in graph.node}
+    unknown = [k for k in keep if k not in names]
+    if unknown:
+        weighted = [n.name for n in graph.node if n.op_type in ("Conv", "MatMul", "Gemm")]
+        raise UsageError(
+            f"--keep-float {', '.join(unknown)}: no such node in the ONNX model; its weighted "
+            f"nodes are {', '.join(weighted[:12]) or 'none'}"
+            + (" ..." if len(weighted) > 12 else "")
+        )
 
 
 @contextlib.contextmanager

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib
-import json
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit import __version__
+from edgekit.artifact import read_sidecar
 from edgekit.backends import backend_for_artifact
 from edgekit.bench import devices
 from edgekit.bench import inputs as bench_inputs
@@ -40,7 +40,6 @@ from edgekit.errors import (
 from edgekit.progress import progress
 
 RUNNERS_DIR = Path(__file__).resolve().parent / "runners"
-SIDECAR_SUFFIX = ".edgekit.json"
 INFERENCE_PRECISIONS = ("match", "auto", "f32", "f16", "bf16")
 _TIMING_KEYS = ("runs", *TIMING_STATS)
 # Runner error kinds -> what edgekit raises (runtime_missing is handled on its own).
@@ -86,30 +85,21 @@ def resolve_artifact(path: str | Path) -> Artifact:
             f"{p}: backend '{backend.name}' has no benchmark runner yet "
             f"(edgekit/bench/runners/{backend.name}.py)"
         )
-    sidecar = _sidecar(p)
+    sidecar = read_sidecar(p)
     module = importlib.import_module(f"edgekit.bench.runners.{backend.name}")
-    if sidecar and sidecar.get("artifact", {}).get("files"):
-        files = [p.parent / name for name in sidecar["artifact"]["files"]]
-        files.sort(key=lambda f: f != p)  # the primary file first
-    else:
-        files = [p, *(Path(f) for f in module.companion_files(str(p)))]
+    # The runtime needs the companions (an .xml's .bin) whatever a sidecar lists.
+    files = [p, *(Path(f) for f in module.companion_files(str(p)))]
+    if sidecar:
+        files += [f for f in sidecar.files if f not in files]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise ModelNotFoundError(f"{p}: file(s) of this artifact are missing: {', '.join(missing)}")
-    precision = (sidecar or {}).get("recipe", {}).get("precision")
-    io_map = ((sidecar or {}).get("backend_details") or {}).get("io_map")
+    precision = sidecar.precision if sidecar else None
+    io_map = sidecar.io_map if sidecar else None
     if io_map is None and hasattr(module, "io_map"):
         # Without a sidecar, a runner may read the map the file itself carries (host side).
         io_map = module.io_map(str(p))
     return Artifact(p, backend.name, backend.extra, runner, tuple(files), precision, io_map)
-
-
-def _sidecar(path: Path) -> dict[str, Any] | None:
-    side = path.with_name(path.name + SIDECAR_SUFFIX)
-    try:
-        return json.loads(side.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def benchmark(

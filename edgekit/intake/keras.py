@@ -1,7 +1,9 @@
 """Keras 3 (``.keras``, ``.h5``) and TensorFlow SavedModel intake; bridge to ONNX via tf2onnx.
 
 ``.keras`` files load with ``safe_mode=True``: a Lambda layer's pickled Python code is refused,
-so opening an untrusted model file cannot run code.
+so opening an untrusted model file cannot run code. A SavedModel is graph code that TensorFlow
+runs (initializers on load, the signature when probed), so its graph is scanned first and one
+with file, network or Python-callback ops is refused (:mod:`edgekit.intake.savedmodel_scan`).
 """
 
 from __future__ import annotations
@@ -15,14 +17,20 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import ConversionError, ModelFormatError, UsageError, first_line, require
+from edgekit.intake import savedmodel_scan
+from edgekit.intake.archive import check_zip
 from edgekit.model import Feeds, SourceModel, TensorSpec, fix_shapes, output_list
 
 OPSET = 17
 
 
 def _tf() -> Any:
-    # TensorFlow's C++ start-up logging is noise for our users.
+    # TensorFlow's C++ start-up logging is noise for our users. TF 2.21 prints its oneDNN
+    # banner at import whatever TF_CPP_MIN_LOG_LEVEL says, which breaks the CLI's one-line
+    # errors; edgekit runs only small probe and reference batches, so the plain kernels it
+    # falls back to cost nothing noticeable.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     return require("tensorflow", "tensorflow")
 
 
@@ -33,6 +41,8 @@ def _keras() -> Any:
 
 def _load_keras(path: Path) -> Any:
     keras = _keras()
+    if path.suffix.lower() == ".keras":
+        check_zip(path)
     try:
         return keras.saving.load_model(str(path), compile=False, safe_mode=True)
     except ValueError as exc:
@@ -127,8 +137,30 @@ def _from_keras(model: Any, overrides: Mapping[str, Sequence[int]]) -> SourceMod
     return _build("keras", model, call, inputs, out_names, overrides)
 
 
+SAVEDMODEL_NOTE = (
+    "a SavedModel's graph code runs when edgekit loads and exports it; edgekit refuses graphs "
+    "with file, network or Python-callback ops, but export only SavedModels you trust"
+)
+
+
+def _refuse_side_effects(path: Path) -> None:
+    found = savedmodel_scan.scan(path)
+    if not found:
+        return
+    listed = ", ".join(str(f) for f in found[:4])
+    if len(found) > 4:
+        listed += f" and {len(found) - 4} more"
+    raise ModelFormatError(
+        f"{path}: the SavedModel's graph calls {listed} and edgekit does not run graph code "
+        "with side effects; re-export it without file I/O or Python ops, or export it to ONNX "
+        "yourself"
+    )
+
+
 def _load_savedmodel(path: Path) -> tuple[Any, Any]:
     tf = _tf()
+    # Before tf.saved_model.load: loading already runs the model's resource initializers.
+    _refuse_side_effects(path)
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as exc:
@@ -188,6 +220,7 @@ def describe(path: Path) -> dict[str, Any]:
             "outputs": [{"name": n} for n in out_names],
             "parameters": params,
             "ops": {},
+            "notes": [SAVEDMODEL_NOTE],
         }
     model = _load_keras(path)
     inputs, out_names = _keras_specs(model)

@@ -92,7 +92,8 @@ def _build(model: Any, overrides: Mapping[str, Sequence[int]]) -> SourceModel:
             import onnxruntime as ort
 
             opts = ort.SessionOptions()
-            opts.log_severity_level = 3
+            # Errors come back as exceptions, reported on one line; ORT would also print them.
+            opts.log_severity_level = 4
             session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
         return list(session.run(None, dict(feeds)))
 

@@ -124,26 +124,28 @@ def _build(
 
 
 @contextlib.contextmanager
-def _quiet_logger(name: str) -> Iterator[None]:
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+def _quiet_logger(*names: str) -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _load_exported(path: Path) -> Any:
-    torch = _torch()
-    try:
-        return torch.export.load(str(path))
-    except Exception as exc:
-        raise ModelFormatError(
-            f"{path.name} is not a loadable torch.export program (corrupt, or saved by another "
-            "torch version?): save it with torch.export.save(torch.export.export(model, args), "
-            "'model.pt2')"
-        ) from exc
+    _torch()
+    from edgekit.intake.pt2_safety import load_pt2
+
+    # On a corrupt file torch.export.load logs the traceback of its first reader (through
+    # torch.export's own stderr handler) before trying the legacy one; the ModelFormatError
+    # load_pt2 raises says it in one line.
+    with warnings.catch_warnings(), _quiet_logger("torch.export", "torch._export"):
+        warnings.simplefilter("ignore")
+        return load_pt2(path)
 
 
 def _exported_args(ep: Any, path: Path) -> tuple[Any, ...]:

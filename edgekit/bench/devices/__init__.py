@@ -7,6 +7,9 @@
 A device either starts runner processes (``protocol = "runner"``: ``start()`` returns a
 :class:`~edgekit.bench.devices.process.RunnerProcess`) or runs the runtime's own benchmark tool
 and returns its figures (``protocol = "tool"``: ``measure()``).
+
+Each device parses its spec strictly: nothing from ``--device`` may reach ssh, scp or adb where
+it could be read as an option.
 """
 
 from __future__ import annotations
@@ -34,7 +37,13 @@ def resolve(spec: str | None, **options: Any) -> Any:
     scheme = spec.split("://", 1)[0].lower()
     if scheme not in SCHEMES:
         raise UsageError(
-            f"--device {spec}: unknown device kind '{scheme}://'; use local, an accelerator "
+            f"--device {shown(spec)}: unknown device kind '{scheme}://'; use local, an accelerator "
             f"name (CPU, GPU, NPU) or one of: {', '.join(f'{s}://' for s in SCHEMES)}"
         )
     return importlib.import_module(SCHEMES[scheme]).DEVICE_CLASS(spec, **options)
+
+
+def shown(text: str) -> str:
+    """``text`` for a one-line message: as it is, or quoted with escapes when it holds a
+    newline or another character the terminal would not print."""
+    return text if text.isprintable() else repr(text)

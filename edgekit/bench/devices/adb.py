@@ -6,17 +6,22 @@ without it the usual places in /data/local/tmp and the PATH are searched) on the
 ``.tflite``, and parses its log into the same schema. ``benchmark_model`` reports aggregate
 figures only, so p90/p99 are null; p50 is its ``median``. Artifacts run one after another (one
 invocation each), not interleaved.
+
+The serial is checked before adb runs, and every local path is pushed as its absolute real path,
+so neither can be read by adb as an option.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shlex
 import subprocess
 from pathlib import Path
 from typing import Any
 
+from edgekit.bench.devices import shown
 from edgekit.bench.runners._harness import parse_cpuinfo
 from edgekit.errors import ConversionError, DeviceError, UsageError
 
@@ -27,6 +32,8 @@ _CANDIDATES = (
     f"{REMOTE_ROOT}/android_aarch64_benchmark_model",
     f"{REMOTE_ROOT}/android_arm_benchmark_model",
 )
+# What `adb devices` shows: USB serials, emulator-5554, HOST:PORT, mDNS names (a._adb-tls._tcp).
+_SERIAL = re.compile(r"[A-Za-z0-9._:][A-Za-z0-9._:-]*")
 _NUMBER = r"([-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?)"
 
 
@@ -45,8 +52,18 @@ class AdbDevice:
         **_: Any,
     ) -> None:
         serial = spec.split("://", 1)[1].strip("/")
-        if not serial or any(c.isspace() for c in serial):
-            raise UsageError(f"--device {spec}: expected adb://SERIAL (see `adb devices`)")
+        if not _SERIAL.fullmatch(serial):
+            raise UsageError(
+                f"--device {shown(spec)}: expected adb://SERIAL as `adb devices` lists it "
+                "(letters, digits, '.', ':', '_', '-'; not starting with '-')"
+            )
+        if benchmark_binary is not None and benchmark_binary.startswith("-"):
+            # A device path is the first word of the shell command, where adb shell would
+            # take it for one of its own options.
+            raise UsageError(
+                f"--benchmark-binary {shown(benchmark_binary)}: a path may not start with '-'; "
+                f"write ./{benchmark_binary}"
+            )
         self.spec = spec
         self.serial = serial
         self._binary = benchmark_binary
@@ -81,6 +98,11 @@ class AdbDevice:
             msg = done.stderr.strip() or done.stdout.strip() or f"exit {done.returncode}"
             raise DeviceError(f"{self.serial}: {what} failed: {msg.splitlines()[-1][:300]}")
         return done.stdout
+
+    def _push(self, local: str | Path, remote: str, what: str) -> None:
+        # The real file, not a symlink to it (adb would push the link itself); absolute, so a
+        # name starting with '-' is not one of push's options.
+        self._run(["-s", self.serial, "push", os.path.realpath(local), remote], what)
 
     def _shell(self, *words: str, what: str, check: bool = True) -> str:
         # adb joins its arguments with spaces for the device's shell: quote each word.
@@ -132,7 +154,7 @@ class AdbDevice:
             return self._tool
         if self._binary and Path(self._binary).is_file():
             target = f"{self._workdir()}/benchmark_model"
-            self._run(["-s", self.serial, "push", self._binary, target], "pushing benchmark_model")
+            self._push(self._binary, target, "pushing benchmark_model")
             self._shell("chmod", "755", target, what="chmod benchmark_model")
             self._tool = target
         elif self._binary:
@@ -187,7 +209,7 @@ class AdbDevice:
         self.check()
         tool = self._find_tool()
         remote = f"{self._workdir()}/{art.path.name}"
-        self._run(["-s", self.serial, "push", str(art.path), remote], f"pushing {art.path.name}")
+        self._push(art.path, remote, f"pushing {art.path.name}")
         words = self.command(tool, remote, settings)
         out = self._shell(*words, what="benchmark_model", check=False)
         figures = parse_benchmark_model(out)

@@ -6,12 +6,16 @@ makes a missing key fail instead of prompting; ``ConnectTimeout`` bounds an unre
 every command has a run timeout. The runner files, the artifact's files and the inputs go to a
 ``mktemp -d`` folder on the device that is removed at the end, also after a failure. Every
 argument of a remote command is quoted with ``shlex.quote`` (the remote shell joins them).
+The spec is parsed strictly and ``--`` ends ssh's and scp's options before the destination, so
+nothing in ``--device`` can become an ssh option (``ssh://-oProxyCommand=...@host``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -19,8 +23,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
+from edgekit.bench.devices import shown
 from edgekit.bench.devices.process import ErrorFor, RunnerProcess
 from edgekit.errors import DeviceError, EdgekitError, UsageError
 
@@ -34,6 +38,8 @@ _UNREACHABLE = (
     "connection closed",
     "name or service not known",
 )
+_EXPECTED = "expected ssh://[user@]host[:port], e.g. ssh://pi@192.168.1.7"
+_NAME = re.compile(r"[A-Za-z0-9._-]+")
 _HOST_KEY = (
     "host key verification failed",
     "remote host identification has changed",
@@ -57,24 +63,9 @@ class SshDevice:
         timeout: float = 600.0,
         **_: Any,
     ) -> None:
-        url = urlsplit(spec)
-        try:
-            port = url.port
-        except ValueError:
-            port = None
-            bad_port = True
-        else:
-            bad_port = False
-        host = url.hostname
-        if bad_port or not host or host.startswith("-") or url.path not in ("", "/"):
-            raise UsageError(
-                f"--device {spec}: expected ssh://[user@]host[:port], e.g. ssh://pi@192.168.1.7"
-            )
+        self.user, self.host, self.port = parse_spec(spec)
         self.spec = spec
-        self.host = host
-        self.port = port
-        self.user = url.username
-        self._target = f"{url.username}@{host}" if url.username else host
+        self._target = f"{self.user}@{self.host}" if self.user else self.host
         self._python = python or os.environ.get("EDGEKIT_REMOTE_PYTHON") or "python3"
         config = ssh_config or os.environ.get("EDGEKIT_SSH_CONFIG")
         self._opts = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={max(1, int(connect_timeout))}"]
@@ -82,6 +73,13 @@ class SshDevice:
         if config:
             self._opts += ["-F", str(config)]
         for opt in ssh_options:
+            # -o OPT is on purpose (the user's own ssh settings), but a value that is itself an
+            # option, or a newline that starts another config line, is not an ssh setting.
+            if opt.startswith("-") or "\n" in opt or "\r" in opt:
+                raise UsageError(
+                    f"--ssh-option {shown(opt)}: expected one ssh_config setting such as "
+                    "Port=2222 (no leading '-', no newline)"
+                )
             self._opts += ["-o", opt]
         self._connect_timeout = connect_timeout
         self._timeout = timeout
@@ -106,7 +104,17 @@ class SshDevice:
 
     def _ssh(self, command: str) -> list[str]:
         port = ["-p", str(self.port)] if self.port else []
-        return ["ssh", *self._opts, *port, self._target, command]
+        # "--" ends ssh's options, so the destination can never be read as one.
+        return ["ssh", *self._opts, *port, "--", self._target, command]
+
+    def _scp(self, local: Path, remote: str) -> list[str]:
+        port = ["-P", str(self.port)] if self.port else []
+        legacy = ["-O"] if self._legacy_scp else []
+        # scp splits host from path at the first ':' outside brackets: an IPv6 host needs them.
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        dest = f"{self.user}@{host}" if self.user else host
+        # No -q: it silences ssh's own diagnostics, and the retry below needs its stderr.
+        return ["scp", "-r", *legacy, *self._opts, *port, "--", str(local), f"{dest}:{remote}/"]
 
     def _run(self, argv: list[str], what: str, timeout: float) -> subprocess.CompletedProcess:
         try:
@@ -170,11 +178,7 @@ class SshDevice:
         )
 
     def _copy(self, local: Path, remote: str) -> None:
-        port = ["-P", str(self.port)] if self.port else []
-        legacy = ["-O"] if self._legacy_scp else []
-        dest = f"{self._target}:{remote}/"
-        # No -q: it silences ssh's own diagnostics, and the retry below needs its stderr.
-        argv = ["scp", "-r", *legacy, *self._opts, *port, str(local), dest]
+        argv = self._scp(local, remote)
         what = "copying the runner and artifact"
         done = self._run(argv, what, self._timeout)
         if done.returncode == 0:
@@ -200,6 +204,74 @@ class SshDevice:
                 "removing the work folder",
                 self._connect_timeout + 30,
             )
+
+
+def parse_spec(spec: str) -> tuple[str | None, str, int | None]:
+    """(user, host, port) of ``ssh://[user@]host[:port]``, or a UsageError saying what is wrong.
+
+    Parsed by hand rather than with urllib, which raises bare ValueErrors, decodes nothing and
+    accepts users and hosts that ssh would read as options (``-oProxyCommand=...``)."""
+
+    def refuse(reason: str) -> UsageError:
+        return UsageError(f"--device {shown(spec)}: {reason}; {_EXPECTED}")
+
+    scheme, sep, rest = spec.partition("://")
+    if not sep or scheme.lower() != "ssh":
+        raise refuse("not an ssh:// address")
+    if "%" in rest:
+        # Refused rather than decoded: %2D would otherwise be a '-' that no check here saw.
+        raise refuse("percent-encoding is not accepted")
+    user: str | None
+    user, at, hostport = rest.rpartition("@")
+    if not at:
+        user = None
+    elif reason := _bad_name("user", user):
+        raise refuse(reason)
+    if hostport.endswith("/"):
+        hostport = hostport[:-1]
+    if any(c in hostport for c in "/?#"):
+        raise refuse("a path, query or fragment is not accepted")
+    if hostport.startswith("["):
+        inner, bracket, after = hostport[1:].partition("]")
+        if not bracket:
+            raise refuse("the IPv6 address has no closing ']'")
+        try:
+            ipaddress.IPv6Address(inner)
+        except ValueError:
+            raise refuse(f"{inner!r} is not an IPv6 address") from None
+        host = inner
+        if after and not after.startswith(":"):
+            raise refuse(f"unexpected {after!r} after the IPv6 address")
+        port_text = after[1:] if after else None
+    else:
+        if hostport.count(":") > 1:
+            raise refuse("an IPv6 address goes in brackets, as in ssh://pi@[fe80::1]")
+        host, colon, port_text = hostport.partition(":")
+        if reason := _bad_name("host", host):
+            raise refuse(reason)
+        if re.fullmatch(r"[0-9.]+", host):
+            try:
+                ipaddress.IPv4Address(host)
+            except ValueError:
+                raise refuse(f"{host!r} is not an IPv4 address") from None
+        port_text = port_text if colon else None
+    port = None
+    if port_text is not None:
+        if not re.fullmatch(r"[0-9]{1,5}", port_text) or not 1 <= int(port_text) <= 65535:
+            raise refuse(f"the port {port_text!r} is not a number from 1 to 65535")
+        port = int(port_text)
+    return user, host, port
+
+
+def _bad_name(what: str, name: str) -> str | None:
+    """Why ``name`` is no valid user or host name, or None when it is one."""
+    if not name:
+        return f"the {what} is empty"
+    if name.startswith("-"):
+        return f"the {what} {name!r} starts with '-', which ssh would read as an option"
+    if not _NAME.fullmatch(name):
+        return f"the {what} {name!r} may contain only letters, digits, '.', '_' and '-'"
+    return None
 
 
 def _link(src: Path, dst: Path) -> None:

@@ -154,6 +154,9 @@ def reset_peak() -> bool:
         return False
 
 
+_MAX_CPUS = 8192
+
+
 def parse_cpus(text: str) -> set[int]:
     """``0``, ``0,2`` or ``0-3`` -> a set of CPU numbers."""
     cpus: set[int] = set()
@@ -161,7 +164,14 @@ def parse_cpus(text: str) -> set[int]:
         lo, _, hi = part.strip().partition("-")
         if not lo.isdigit() or (hi and not hi.isdigit()):
             raise RunnerError("usage", f"--pin {text}: expected CPU numbers like 0, 0,2 or 0-3")
-        cpus.update(range(int(lo), int(hi or lo) + 1))
+        first, last = int(lo), int(hi or lo)
+        # CPU numbers are below the kernel's limit (CONFIG_NR_CPUS is at most 8192); a larger
+        # range is a typo and would only build a huge set.
+        if last >= _MAX_CPUS or first > last:
+            raise RunnerError(
+                "usage", f"--pin {text}: expected CPU numbers from 0 to {_MAX_CPUS - 1}, low-high"
+            )
+        cpus.update(range(first, last + 1))
     return cpus
 
 
@@ -354,6 +364,12 @@ def _serve(runner, opts: argparse.Namespace, channel: _Channel) -> int:
     return 0
 
 
+# OpenVINO's messages open with where in its C++ sources they were raised ("Exception from
+# src/inference/src/cpp/core.cpp:84:", "Check '...' failed at ...cpp:887:"); the cause follows.
+_SOURCE_LOCATION = re.compile(r"^(Exception from |Check '.*' failed at )?\S+\.(cpp|hpp|h):\d+:?$")
+
+
 def _line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__)[:300]
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    told = [ln for ln in lines if not _SOURCE_LOCATION.match(ln)]
+    return ((told or lines or [type(exc).__name__])[0])[:300]

@@ -67,7 +67,7 @@ class _Model:
         so.graph_optimization_level = rt.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.intra_op_num_threads = opts.threads or 0
         so.inter_op_num_threads = 1
-        so.log_severity_level = 3
+        so.log_severity_level = 4  # failures come back as exceptions; no coloured log line
         self._sess = rt.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
         self.inputs = [
             (
