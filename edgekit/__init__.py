@@ -17,10 +17,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Agreement",
+    "BenchmarkResult",
     "EdgekitError",
     "ExportReport",
     "ImageOptions",
     "Recipe",
+    "Session",
+    "Sidecar",
+    "TensorSpec",
     "__version__",
     "benchmark",
     "describe",
@@ -28,20 +32,29 @@ __all__ = [
     "load",
     "load_model",
     "load_samples",
+    "read_sidecar",
 ]
 
 if TYPE_CHECKING:
+    from edgekit.artifact import Sidecar, read_sidecar
+    from edgekit.backends.base import Session
     from edgekit.bench import benchmark
+    from edgekit.bench.schema import BenchmarkResult
     from edgekit.calibration import ImageOptions, load_samples
     from edgekit.errors import EdgekitError
     from edgekit.evaluate import Agreement
     from edgekit.exporter import ExportReport, export
-    from edgekit.model import describe, load_model
+    from edgekit.model import TensorSpec, describe, load_model
     from edgekit.recipe import Recipe
     from edgekit.session import load
 
 _LAZY = {
     "Agreement": "edgekit.evaluate",
+    "BenchmarkResult": "edgekit.bench.schema",
+    "Session": "edgekit.backends.base",
+    "Sidecar": "edgekit.artifact",
+    "TensorSpec": "edgekit.model",
+    "read_sidecar": "edgekit.artifact",
     "EdgekitError": "edgekit.errors",
     "ExportReport": "edgekit.exporter",
     "ImageOptions": "edgekit.calibration",

@@ -43,6 +43,20 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _precision_list(known: Sequence[str]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        items = [p.strip() for p in text.split(",") if p.strip()]
+        bad = [p for p in items if p not in known]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(
+                f"invalid precision {', '.join(map(repr, bad)) or repr(text)} "
+                f"(choose from {', '.join(known)})"
+            )
+        return items
+
+    return parse
+
+
 _positive_int = _int_at_least(1)
 _count = _int_at_least(0)
 
@@ -74,7 +88,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     exp.add_argument("model", help=".onnx, .pt2, .keras, .h5 or SavedModel directory")
     exp.add_argument("--target", "-t", default="onnxruntime", help="target profile or backend")
-    exp.add_argument("--precision", "-p", choices=PRECISIONS, help="default: the target's")
+    exp.add_argument(
+        "--precision",
+        "-p",
+        type=_precision_list(PRECISIONS),
+        metavar="P[,P...]",
+        help=f"one or more of {', '.join(PRECISIONS)}, comma-separated (converted once); "
+        "default: the target's",
+    )
     exp.add_argument("-o", "--output-dir", default="edgekit-out", help="default: edgekit-out")
     exp.add_argument("--name", help="artifact file name stem (default: the model's)")
     data = exp.add_argument_group("calibration and evaluation data")
@@ -214,7 +235,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         std=args.std,
         resize=args.resize,
     )
-    report = export(
+    reports = export(
         args.model,
         target=args.target,
         precision=args.precision,
@@ -227,9 +248,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
         device=args.device,
         **_recipe_fields(args),
     )
+    if not isinstance(reports, list):
+        reports = [reports]
     if args.json:
-        print(json.dumps(report.to_json(), indent=2))
+        docs = [r.to_json() for r in reports]
+        print(json.dumps(docs if len(docs) > 1 else docs[0], indent=2))
         return 0
+    for i, report in enumerate(reports):
+        if i:
+            print()
+        _print_report(report)
+    return 0
+
+
+def _print_report(report: Any) -> None:
     a = report.agreement
     top1 = "n/a" if a.top1_agreement is None else f"{a.top1_agreement:.2%}"
     rows = [
@@ -259,7 +291,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
         )
     for warning in report.warnings:
         print(f"warning: {warning}")
-    return 0
 
 
 def _mib(n: int) -> str:

@@ -21,28 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit import __version__
+from edgekit import __version__, convert_cache
 from edgekit.artifact import SIDECAR_SCHEMA_VERSION, sidecar_path
-from edgekit.backends import backend_names, get_backend
-from edgekit.backends.base import is_remote
+from edgekit.backends.base import Converted, ExportOutput, is_remote
 from edgekit.calibration import ImageOptions, load_samples, split_samples
 from edgekit.commit import commit, make_workdir, output_folder, remove_stale
 from edgekit.errors import DataError, EdgekitError, ModelFormatError, UsageError, first_line
 from edgekit.evaluate import Agreement, compare
-from edgekit.model import (
-    Feeds,
-    SourceModel,
-    detect_format,
-    file_digest,
-    load_model,
-    object_format,
-)
+from edgekit.model import Feeds, SourceModel, file_digest, load_model
+from edgekit.plan import ExportPlan, plan_export
 from edgekit.progress import progress
 from edgekit.recipe import Recipe
-from edgekit.targets import resolve_target
 
-# File names are at most 255 bytes; precision, suffix and ".edgekit.json" need the rest.
-_MAX_NAME_BYTES = 200
 # Frameworks whose versions go into the sidecar when they took part in an export.
 _TOOL_PACKAGES = {
     "torch": "torch",
@@ -107,12 +97,14 @@ def _tool_versions() -> dict[str, str]:
 
 def _data(
     source: SourceModel,
-    recipe: Recipe,
+    recipes: Sequence[Recipe],
     calibration: Any,
     eval_data: Any,
     image_options: ImageOptions | None,
 ) -> tuple[list[Feeds], list[Feeds], str]:
-    """Calibration samples and disjoint held-out evaluation samples, validated up front."""
+    """Calibration samples and disjoint held-out evaluation samples, validated up front.
+    The recipes of one export differ in precision only, so the first one's counts serve all."""
+    recipe = recipes[0]
     calib: list[Feeds] = []
     held: list[Feeds] = []
     if calibration is not None:
@@ -128,9 +120,10 @@ def _data(
             n_eval = min(n_eval, max(len(samples) - n_calib, len(samples) // 5, 1))
             n_calib = min(n_calib, len(samples) - n_eval)
         calib, held = split_samples(samples, n_calib, n_eval, seed=recipe.seed)
-    elif recipe.needs_calibration:
+    elif any(r.needs_calibration for r in recipes):
+        needs = next(r for r in recipes if r.needs_calibration)
         raise DataError(
-            f"precision {recipe.precision} needs calibration data: pass --calibration PATH "
+            f"precision {needs.precision} needs calibration data: pass --calibration PATH "
             "(image folder, .npy or .npz) or --calibration random for a smoke test only"
         )
     described = "held-out calibration samples"
@@ -151,19 +144,6 @@ def _data(
     if calibration == "random":
         described = "random inputs"
     return calib, held, described
-
-
-def _check_source_format(model: Any, backend: Any) -> None:
-    """Refuse a source the backend has no route from, before loading it, naming the ones that do."""
-    fmt = detect_format(Path(model)) if isinstance(model, str | Path) else object_format(model)
-    if fmt in backend.source_formats:
-        return
-    others = [n for n in backend_names() if fmt in get_backend(n).source_formats]
-    routes = ", ".join(f"--target {n}" for n in others) or "no backend"
-    raise UsageError(
-        f"{backend.name} cannot export from a {fmt} model; use {routes}, or export from the "
-        "model's original framework"
-    )
 
 
 def _reference(source: SourceModel, feeds: Feeds) -> list[Any]:
@@ -195,7 +175,7 @@ def _atomic_json(path: Path, payload: Mapping[str, Any]) -> None:
 def export(
     model: Any,
     target: str = "onnxruntime",
-    precision: str | None = None,
+    precision: str | Sequence[str] | None = None,
     *,
     output_dir: str | Path = "edgekit-out",
     calibration: Any = None,
@@ -205,82 +185,49 @@ def export(
     image_options: ImageOptions | None = None,
     name: str | None = None,
     device: str | None = None,
+    recipe: Recipe | None = None,
     **recipe_fields: Any,
-) -> ExportReport:
+) -> ExportReport | list[ExportReport]:
     """Export ``model`` for ``target`` at ``precision`` and compare it with the FP32 source.
 
     ``model`` is a path (.onnx, .pt2, .keras, .h5, SavedModel dir) or an in-memory
     ``torch.nn.Module`` (with ``example_inputs``), ``keras.Model`` or ``onnx.ModelProto``.
+    ``precision`` may be a list (``["fp32", "fp16", "int8"]``): the source is then loaded and
+    converted once and one report per precision is returned, in order. ``recipe`` is a
+    :class:`~edgekit.recipe.Recipe` to start from (instead of the target's defaults); extra
+    keyword arguments are Recipe fields applied on top.
     ``calibration``/``eval_data`` are an image folder, a .npy/.npz path, an iterable of feed
     dicts, or ``"random"``. ``device`` is where the exported artifact is checked (a local
-    accelerator such as OpenVINO's ``GPU``; default: the target's). Extra keyword arguments are
-    :class:`~edgekit.recipe.Recipe` fields.
+    accelerator such as OpenVINO's ``GPU``; default: the target's).
     """
     started = time.perf_counter()
-    out_dir = Path(output_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"-o {out_dir} exists and is not a folder; choose another output folder")
-    if name is not None and (Path(name).name != name or name in ("", ".", "..")):
-        raise UsageError(f"--name '{name}' must be a plain file name stem, without '/'")
-    if name is not None and len(name.encode()) > _MAX_NAME_BYTES:
-        raise UsageError(
-            f"--name is {len(name.encode())} bytes long; file systems allow 255 per name with "
-            f"the suffixes edgekit adds, so keep it to {_MAX_NAME_BYTES}"
-        )
-    tgt = resolve_target(target)
-    backend = get_backend(tgt.backend)
-    _check_source_format(model, backend)
-    wanted = precision or tgt.default_precision
-    if wanted not in backend.precisions:
-        offered = [n for n in backend_names() if wanted in get_backend(n).precisions]
-        if offered:
-            raise UsageError(
-                f"precision '{wanted}' is not supported by {backend.name} (it supports "
-                f"{', '.join(backend.precisions)}); --target {' or --target '.join(offered)} "
-                "offers it"
-            )
-    recipe = (
-        Recipe()
-        .updated(**tgt.recipe)
-        .updated(precision=precision or tgt.default_precision, **recipe_fields)
-        .validate(backend.precisions, backend.name)
-    )
-    if recipe_fields.get("percentile") is not None and recipe.calibration_method != "percentile":
-        raise UsageError(
-            "--percentile applies only to --calibration-method percentile; drop it or add "
-            "--calibration-method percentile"
-        )
-    unused = recipe.unused(k for k, v in recipe_fields.items() if v is not None)
-    check_on = device or tgt.device
-    if not is_remote(check_on):
-        backend.check_device(check_on)
+    many = not isinstance(precision, str | None)
+    precisions = list(precision) if many else [precision]  # type: ignore[arg-type]
+    if not precisions:
+        raise UsageError("precision: give at least one")
+    plan = plan_export(model, target, precisions, output_dir, name, device, recipe, recipe_fields)
     source = load_model(model, input_shapes, example_inputs)
-    calib, held, eval_desc = _data(source, recipe, calibration, eval_data, image_options)
+    calib, held, eval_desc = _data(source, plan.recipes, calibration, eval_data, image_options)
     # Fail before any conversion work if the source itself cannot run.
     for feeds in (held or calib)[:1]:
         _reference(source, feeds)
-
-    stem = f"{name or source.name}_{recipe.precision}"
+    reference = [_reference(source, f) for f in progress(held, desc="reference")]
+    out_dir = plan.output_dir
     try:
         with output_folder(out_dir):
             remove_stale(out_dir)
             workdir = make_workdir(out_dir)
             try:
-                return _export_into(
-                    out_dir,
-                    workdir,
-                    stem,
-                    started,
-                    tgt,
-                    backend,
-                    recipe,
-                    source,
-                    calib,
-                    held,
-                    eval_desc,
-                    check_on,
-                    unused,
-                )
+                fp32, how = convert_cache.converted(plan.backend, source, workdir / "convert")
+                reports = []
+                for i, (recipe, ignored) in enumerate(zip(plan.recipes, plan.ignored, strict=True)):
+                    how = how if i == 0 else "export"
+                    checked = _quantize_and_check(
+                        plan, recipe, source, fp32, calib, held, reference, workdir
+                    )
+                    reports.append(
+                        _commit(plan, recipe, source, fp32, how, checked, eval_desc, ignored)
+                    )
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
     except OSError as exc:
@@ -289,43 +236,67 @@ def export(
             f"cannot write into the output folder {out_dir} ({exc.strerror or exc}); choose "
             "another with -o"
         ) from exc
+    seconds = time.perf_counter() - started
+    for report in reports:
+        report.seconds = seconds / len(reports)
+    return reports if many else reports[0]
 
 
-def _export_into(
-    out_dir: Path,
-    workdir: Path,
-    stem: str,
-    started: float,
-    tgt: Any,
-    backend: Any,
+@dataclass
+class _Checked:
+    """An artifact in the staging folder that has loaded and run, with its agreement."""
+
+    result: ExportOutput
+    session: Any
+    agreement: Agreement
+    folder: Path
+
+
+def _quantize_and_check(
+    plan: ExportPlan,
     recipe: Recipe,
     source: SourceModel,
+    fp32: Converted,
     calib: list[Feeds],
     held: list[Feeds],
-    eval_desc: str,
-    check_on: str,
-    unused: list[str],
-) -> ExportReport:
-    result = backend.export(source, recipe, calib, workdir, stem)
+    reference: list[list[Any]],
+    workdir: Path,
+) -> _Checked:
+    """The quantize and evaluate stages for one recipe, inside the staging folder."""
+    folder = workdir / recipe.precision
+    folder.mkdir()
+    stem = f"{plan.name or source.name}_{recipe.precision}"
+    result = plan.backend.quantize(fp32, source, recipe, calib, folder, stem)
     # The agreement check runs here; a remote target device is benchmarked, not used here.
-    session = backend.open_session(result.primary, device=None if is_remote(check_on) else check_on)
+    local = None if is_remote(plan.check_on) else plan.check_on
+    session = plan.backend.open_session(result.primary, device=local)
     if not held:
         # Every artifact runs at least once before it is moved into place.
         probe = calib[:1] or load_samples("random", source.inputs, limit=1, seed=recipe.seed)
         session.run(probe[0])
-    reference = [_reference(source, f) for f in progress(held, desc="reference")]
-    candidate = [session.run(f) for f in progress(held, desc="exported")]
-    agreement = compare(reference, candidate)
+    candidate = [session.run(f) for f in progress(held, desc=f"exported {recipe.precision}")]
+    return _Checked(result, session, compare(reference, candidate), folder)
+
+
+def _commit(
+    plan: ExportPlan,
+    recipe: Recipe,
+    source: SourceModel,
+    fp32: Converted,
+    how: str,
+    checked: _Checked,
+    eval_desc: str,
+    ignored: Sequence[str],
+) -> ExportReport:
+    """The commit stage: sidecar written beside the staged files, then the set switched in."""
+    result, session, agreement = checked.result, checked.session, checked.agreement
+    out_dir = plan.output_dir
     size = sum(f.stat().st_size for f in result.files)
-    # In-memory models have no file: their FP32 ONNX form stands in as the source size.
-    fp32_onnx = workdir / "source.fp32.onnx"
-    source_size = (
-        source.size_bytes
-        or (fp32_onnx.stat().st_size if fp32_onnx.exists() else 0)
-        or int(result.details.get("fp32_size_bytes", 0))
-    )
+    # In-memory models have no file: their FP32 form on this backend stands in as the source.
+    source_size = source.size_bytes or sum(fp32.path(f).stat().st_size for f in fp32.files)
     artifact = out_dir / result.primary.name
     sidecar = sidecar_path(artifact)
+    warnings = [*ignored, *result.warnings]
     payload = {
         "schema_version": SIDECAR_SCHEMA_VERSION,
         "edgekit_version": __version__,
@@ -336,10 +307,10 @@ def _export_into(
             "sha256": source.sha256 or None,
             "size_bytes": source_size,
         },
-        "target": tgt.name,
-        "backend": backend.name,
+        "target": plan.target.name,
+        "backend": plan.backend.name,
         "recipe": recipe.to_json(),
-        "tools": {**_tool_versions(), **backend.versions()},
+        "tools": {**_tool_versions(), **plan.backend.versions()},
         "inputs": [s.to_json() for s in session.inputs],
         "outputs": [s.to_json() for s in session.outputs],
         "artifact": {
@@ -347,26 +318,27 @@ def _export_into(
             "size_bytes": size,
             "sha256": {f.name: file_digest(f)[0] for f in result.files},
         },
+        "conversion": {"cache_key": convert_cache.cache_key(plan.backend, source), "how": how},
         "backend_details": result.details,
         "agreement": {**agreement.to_json(), "inputs": eval_desc},
         "runtime": session.info,
-        "warnings": [*unused, *result.warnings],
+        "warnings": warnings,
         "notes": source.notes,
     }
-    _atomic_json(workdir / sidecar.name, payload)
+    _atomic_json(checked.folder / sidecar.name, payload)
     # The artifact goes in before its sidecar: a sidecar never describes a missing file.
-    commit(out_dir, [*result.files, workdir / sidecar.name], result.primary)
+    commit(out_dir, [*result.files, checked.folder / sidecar.name], result.primary)
     return ExportReport(
         artifact=artifact,
         sidecar=sidecar,
-        target=tgt.name,
-        backend=backend.name,
+        target=plan.target.name,
+        backend=plan.backend.name,
         recipe=recipe,
         size_bytes=size,
         source_size_bytes=source_size,
         agreement=agreement,
         eval_inputs=eval_desc,
-        seconds=time.perf_counter() - started,
-        warnings=[*unused, *result.warnings],
-        notes=source.notes,
+        seconds=0.0,
+        warnings=warnings,
+        notes=[*source.notes, convert_cache.describe_hit(how)],
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ os.environ.setdefault("EDGEKIT_PROGRESS", "0")
 # as edgekit does, so nothing forks a sender process after JAX/TF threads have started.
 sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# The conversion cache (and OpenVINO's compile cache) of a test run stays out of ~/.cache.
+os.environ.setdefault("EDGEKIT_CACHE_DIR", tempfile.mkdtemp(prefix="edgekit-test-cache-"))
 
 from edgekit import samples  # noqa: E402 - after the environment set-up above
 

@@ -2,6 +2,12 @@
 
 Protocols, not base classes: a backend is any object with these attributes. The contract tests
 in ``tests/test_backend_contract.py`` run the same checks against every registered backend.
+
+A backend works in two steps so that one conversion serves every precision (and every try of an
+accuracy loop): ``convert`` writes the source's FP32 form in the backend's own format into a
+folder (which :mod:`edgekit.convert_cache` keeps, keyed by the source's content), and
+``quantize`` turns that into an artifact at one recipe. What a backend can and cannot do is
+data, :class:`Capabilities`, which the plan stage checks before any model is loaded.
 """
 
 from __future__ import annotations
@@ -28,6 +34,57 @@ class Session(Protocol):
     def run(self, feeds: Feeds) -> list[np.ndarray]: ...
 
 
+@dataclass(frozen=True)
+class Unsupported:
+    """A recipe setting a backend cannot honour: refused at plan time with ``why``.
+
+    The setting is ``field`` holding one of ``values`` (None: any value but the default) at one
+    of ``precisions`` (None: at every precision)."""
+
+    field: str
+    values: tuple[Any, ...] | None
+    precisions: tuple[str, ...] | None
+    why: str
+
+    def matches(self, recipe: Recipe) -> bool:
+        if self.precisions is not None and recipe.precision not in self.precisions:
+            return False
+        value = getattr(recipe, self.field)
+        if self.values is None:
+            return value != getattr(Recipe(), self.field)
+        return value in self.values
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend offers, as data: the plan stage decides from this alone whether a request
+    can run, before anything is loaded or converted."""
+
+    #: source formats (keys of edgekit.model.INTAKE) it converts from
+    sources: tuple[str, ...]
+    #: precisions it produces, in the order the docs list them
+    precisions: tuple[str, ...]
+    #: recipe settings it refuses, each with the reason and what to do instead
+    unsupported: tuple[Unsupported, ...] = ()
+
+    def refusals(self, recipe: Recipe) -> list[str]:
+        return [u.why for u in self.unsupported if u.matches(recipe)]
+
+
+@dataclass
+class Converted:
+    """A source in a backend's own FP32 format: ``files`` in ``folder`` plus JSON-able ``meta``
+    (what quantize needs besides the files, e.g. TFLite's source<->signature I/O map). Kept on
+    disk by the conversion cache, so it must not hold live framework objects."""
+
+    folder: Path
+    files: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def path(self, name: str | None = None) -> Path:
+        return self.folder / (name or self.files[0])
+
+
 @dataclass
 class ExportOutput:
     """Files a backend wrote into the work directory; ``primary`` is what a session loads."""
@@ -40,23 +97,30 @@ class ExportOutput:
 
 class Backend(Protocol):
     name: str
-    #: precisions this backend can produce, in the order the docs list them
+    capabilities: Capabilities
+    #: = capabilities.precisions and .sources, for callers that only list them
     precisions: tuple[str, ...]
+    source_formats: tuple[str, ...]
     #: suffix of the primary artifact file
     suffix: str
     #: the pip extra that installs this backend's runtime
     extra: str
-    #: source formats (see edgekit.model.INTAKE) this backend can export from
-    source_formats: tuple[str, ...]
 
-    def export(
+    def convert(self, source: SourceModel, folder: Path) -> Converted:
+        """Write ``source`` in this backend's FP32 format into the empty ``folder``."""
+        ...
+
+    def quantize(
         self,
+        converted: Converted,
         source: SourceModel,
         recipe: Recipe,
         calibration: Sequence[Feeds],
         workdir: Path,
         stem: str,
-    ) -> ExportOutput: ...
+    ) -> ExportOutput:
+        """The artifact at ``recipe``, written into ``workdir`` (never into ``converted``)."""
+        ...
 
     def open_session(
         self, path: Path, threads: int | None = None, device: str | None = None

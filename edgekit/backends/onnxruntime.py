@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.backends.base import ExportOutput, cpu_only
+from edgekit.backends.base import Capabilities, Converted, ExportOutput, Unsupported, cpu_only
 from edgekit.errors import (
     ConversionError,
     EdgekitError,
@@ -158,13 +158,29 @@ def _conv_share(model: Any) -> tuple[int, int]:
     return convs, dense
 
 
+CAPABILITIES = Capabilities(
+    # Everything with a bridge to ONNX; a .tflite source has none.
+    sources=("onnx", "torch", "keras", "savedmodel"),
+    precisions=("fp32", "fp16", "int8", "int8-dynamic"),
+    unsupported=(
+        Unsupported(
+            "io_dtype",
+            ("int8", "uint8"),
+            None,
+            "--io int8/uint8: ONNX Runtime artifacts keep float inputs and outputs (the QDQ "
+            "graph quantizes inside); integer I/O is for --target tflite",
+        ),
+    ),
+)
+
+
 class OnnxRuntimeBackend:
     name = "onnxruntime"
-    precisions = ("fp32", "fp16", "int8", "int8-dynamic")
+    capabilities = CAPABILITIES
+    precisions = CAPABILITIES.precisions
+    source_formats = CAPABILITIES.sources
     suffix = ".onnx"
     extra = "onnx"
-    # Everything with a bridge to ONNX; a .tflite source has none.
-    source_formats = ("onnx", "torch", "keras", "savedmodel")
 
     def versions(self) -> dict[str, str]:
         import onnx
@@ -181,8 +197,13 @@ class OnnxRuntimeBackend:
     def check_device(self, device: str | None) -> None:
         cpu_only("ONNX Runtime", device)
 
-    def export(
+    def convert(self, source: SourceModel, folder: Path) -> Converted:
+        source.to_onnx(folder / "model.onnx")
+        return Converted(folder, sorted(p.name for p in folder.iterdir()))
+
+    def quantize(
         self,
+        converted: Converted,
         source: SourceModel,
         recipe: Recipe,
         calibration: Sequence[Feeds],
@@ -191,13 +212,7 @@ class OnnxRuntimeBackend:
     ) -> ExportOutput:
         import onnx
 
-        if recipe.io_dtype != "float":
-            raise UsageError(
-                f"--io {recipe.io_dtype}: ONNX Runtime artifacts keep float inputs and outputs "
-                "(the QDQ graph quantizes inside); integer I/O is for --target tflite"
-            )
-        fp32 = workdir / "source.fp32.onnx"
-        source.to_onnx(fp32)
+        fp32 = converted.path("model.onnx")
         out = workdir / f"{stem}{self.suffix}"
         advice: list[str] = []
         details: dict[str, Any] = {}

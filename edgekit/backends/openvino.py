@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import shutil
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.backends.base import ExportOutput
+from edgekit.backends.base import Capabilities, Converted, ExportOutput, Unsupported
 from edgekit.backends.openvino_convert import CONVERTERS, ROUTES, convert_source
 from edgekit.backends.openvino_quantize import compress_weights, quantize_int8
 from edgekit.backends.openvino_runtime import (
@@ -62,10 +63,47 @@ def constant_bytes(model: Any) -> dict[str, int]:
 _BITS = {"f32": 32, "f16": 16, "bf16": 16, "i64": 64, "i32": 32, "i8": 8, "u8": 8, "i4": 4, "u4": 4}
 
 
+CAPABILITIES = Capabilities(
+    sources=tuple(CONVERTERS),
+    precisions=("fp32", "fp16", "int8", "int8-weights", "int4-weights"),
+    unsupported=(
+        Unsupported(
+            "io_dtype",
+            ("int8", "uint8"),
+            None,
+            "--io int8/uint8: OpenVINO IRs keep float inputs and outputs (quantized layers "
+            "dequantize inside); integer I/O is for --target tflite",
+        ),
+        Unsupported(
+            "keep_float",
+            None,
+            ("fp16",),
+            "--keep-float applies to int8, int8-weights and int4-weights with --target "
+            "openvino; fp16 stores every weight as f16",
+        ),
+        Unsupported(
+            "calibration_method",
+            ("entropy",),
+            ("int8",),
+            "--calibration-method entropy: NNCF has no KL-entropy calibration; use minmax or "
+            "percentile with OpenVINO targets (entropy is available with --target onnxruntime)",
+        ),
+        Unsupported(
+            "per_channel",
+            (False,),
+            ("int8-weights", "int4-weights"),
+            "--per-tensor is not available with int8-weights/int4-weights: NNCF compresses "
+            "weights per output channel (int8) or per group of 128 (int4)",
+        ),
+    ),
+)
+
+
 class OpenVinoBackend:
     name = NAME
-    precisions = ("fp32", "fp16", "int8", "int8-weights", "int4-weights")
-    source_formats = tuple(CONVERTERS)
+    capabilities = CAPABILITIES
+    precisions = CAPABILITIES.precisions
+    source_formats = CAPABILITIES.sources
     suffix = ".xml"
     extra = EXTRA
 
@@ -102,7 +140,8 @@ class OpenVinoBackend:
         try:
             source = load_model(path)
             with tempfile.TemporaryDirectory() as tmp:
-                model = self.convert(source, Path(tmp))
+                converted = self.convert(source, Path(tmp))
+                model = shared_core().read_model(str(converted.path()))
         except (ConversionError, ModelFormatError) as exc:
             # a model that does not load says nothing about OpenVINO: convertible stays None
             if isinstance(exc, ConversionError):
@@ -128,12 +167,26 @@ class OpenVinoBackend:
         report["lines"] = lines
         return report
 
-    def convert(self, source: SourceModel, workdir: Path) -> Any:
-        """The source as an ov.Model with the source's static shapes and I/O names."""
-        return convert_source(source, workdir)
+    def convert(self, source: SourceModel, folder: Path) -> Converted:
+        """The source as an FP32 IR with the source's static shapes and I/O names."""
+        ov = load_openvino()
+        scratch = folder / ".work"
+        scratch.mkdir()
+        try:
+            model = convert_source(source, scratch)
+            # Uncompressed: fp16 is a precision of its own, chosen at quantize time.
+            ov.save_model(model, str(folder / "model.xml"), compress_to_fp16=False)
+        except ConversionError:
+            raise
+        except Exception as exc:
+            raise ConversionError(f"OpenVINO could not save the IR: {error_text(exc)}") from exc
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return Converted(folder, ["model.xml", "model.bin"], {"route": ROUTES[source.format]})
 
-    def export(
+    def quantize(
         self,
+        converted: Converted,
         source: SourceModel,
         recipe: Recipe,
         calibration: Sequence[Feeds],
@@ -141,9 +194,8 @@ class OpenVinoBackend:
         stem: str,
     ) -> ExportOutput:
         ov = load_openvino()
-        self._check_recipe(recipe)
-        model = self.convert(source, workdir)
-        details: dict[str, Any] = {"route": ROUTES[source.format]}
+        model = shared_core().read_model(str(converted.path("model.xml")))
+        details: dict[str, Any] = {"route": converted.meta["route"]}
         if not source.size_bytes:
             # An in-memory source has no file to compare sizes with: its weights as f32 are
             # the FP32 size the export summary compares against.
@@ -194,26 +246,6 @@ class OpenVinoBackend:
         return ExportOutput(
             primary=xml, files=[xml, xml.with_suffix(".bin")], details=details, warnings=advice
         )
-
-    @staticmethod
-    def _check_recipe(recipe: Recipe) -> None:
-        """Recipe flags that OpenVINO/NNCF cannot honour are errors, not silently dropped."""
-        if recipe.io_dtype != "float":
-            raise UsageError(
-                f"--io {recipe.io_dtype}: OpenVINO IRs keep float inputs and outputs (quantized "
-                "layers dequantize inside); integer I/O is for --target tflite"
-            )
-        if recipe.precision == "fp16" and recipe.keep_float:
-            raise UsageError(
-                "--keep-float applies to int8, int8-weights and int4-weights with --target "
-                "openvino; fp16 stores every weight as f16"
-            )
-        if recipe.precision == "int8" and recipe.calibration_method == "entropy":
-            raise UsageError(
-                "--calibration-method entropy: NNCF has no KL-entropy calibration; use minmax "
-                "or percentile with OpenVINO targets (entropy is available with --target "
-                "onnxruntime)"
-            )
 
 
 BACKEND = OpenVinoBackend()

@@ -96,7 +96,7 @@ def _range_estimator(nncf: Any, recipe: Recipe) -> Any:
             quantile_outlier_prob=(100.0 - recipe.percentile) / 100.0,
         )
         return RangeEstimatorParameters(min=stat, max=stat)
-    # entropy is refused in OpenVinoBackend._check_recipe before any work is done
+    # entropy is refused at plan time (openvino.CAPABILITIES)
     raise UsageError(f"--calibration-method {recipe.calibration_method} is not available here")
 
 
@@ -160,11 +160,7 @@ def compress_weights(model: Any, recipe: Recipe) -> tuple[Any, dict[str, Any]]:
         GroupSizeFallbackMode,
     )
 
-    if not recipe.per_channel:
-        raise UsageError(
-            f"--per-tensor is not available with {recipe.precision}: NNCF compresses weights "
-            "per output channel (int8) or per group of 128 (int4)"
-        )
+    # --per-tensor is refused at plan time (openvino.CAPABILITIES).
     kwargs: dict[str, Any] = {}
     if recipe.precision == "int4-weights":
         kwargs = {

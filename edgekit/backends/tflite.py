@@ -20,6 +20,7 @@ model; :mod:`~edgekit.backends.tflite_validate`), then report what is not intege
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -27,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.backends.base import ExportOutput, cpu_only
+from edgekit.backends.base import Capabilities, Converted, ExportOutput, Unsupported, cpu_only
 from edgekit.backends.tflite_session import TFLiteSession, write_io_map
 from edgekit.errors import UsageError, require
 from edgekit.model import Feeds, SourceModel
-from edgekit.recipe import Recipe
+from edgekit.recipe import NEEDS_CALIBRATION, Recipe
 
 _INT16_WARNING = (
     "int16x8 runs on TFLite's reference kernels (XNNPACK has none for it): expect it to be "
@@ -60,13 +61,53 @@ def _is_edgetpu(target: Any) -> bool:
     return "edgetpu" in text or "edge tpu" in text
 
 
+_PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic", "int16x8")
+CAPABILITIES = Capabilities(
+    # ONNX has no in-environment route; see tflite_convert.
+    sources=("keras", "savedmodel", "torch"),
+    precisions=_PRECISIONS,
+    unsupported=(
+        Unsupported(
+            "reduce_range",
+            (True,),
+            None,
+            "--reduce-range is an ONNX Runtime option for x86 CPUs without VNNI; TFLite kernels "
+            "(XNNPACK, Edge TPU, NNAPI) use full 8-bit weights: drop the flag",
+        ),
+        Unsupported(
+            "calibration_method",
+            ("entropy", "percentile"),
+            NEEDS_CALIBRATION,
+            "--calibration-method entropy/percentile is not available for TFLite: the LiteRT "
+            "Quantizer calibrates with min/max ranges; use --calibration-method minmax (or "
+            "--target onnxruntime for entropy/percentile)",
+        ),
+        Unsupported(
+            "io_dtype",
+            ("int8", "uint8"),
+            tuple(p for p in _PRECISIONS if p != "int8"),
+            "--io int8/uint8 (given, or set by the target, e.g. edgetpu) needs a full-integer "
+            "model: use --precision int8, or --target tflite for the other precisions, which "
+            "keep float inputs and outputs",
+        ),
+        Unsupported(
+            "activation_symmetric",
+            (True,),
+            tuple(p for p in _PRECISIONS if p != "int8"),
+            "--symmetric applies to int8 activations only (int16x8 activations are always "
+            "symmetric in TFLite); drop it or use --precision int8",
+        ),
+    ),
+)
+
+
 class TFLiteBackend:
     name = "tflite"
-    precisions = ("fp32", "fp16", "int8", "int8-dynamic", "int16x8")
+    capabilities = CAPABILITIES
+    precisions = CAPABILITIES.precisions
+    source_formats = CAPABILITIES.sources
     suffix = ".tflite"
     extra = "tflite"
-    #: source formats export accepts (ONNX has no in-environment route; see tflite_convert)
-    source_formats = ("keras", "savedmodel", "torch")
 
     def versions(self) -> dict[str, str]:
         import importlib.metadata
@@ -105,8 +146,23 @@ class TFLiteBackend:
             )
         return target_report(Path(path), _is_edgetpu(target))
 
-    def export(
+    def convert(self, source: SourceModel, folder: Path) -> Converted:
+        from edgekit.backends.tflite_convert import convert
+
+        require("ai_edge_litert.interpreter", "tflite")
+        scratch = folder / ".work"
+        scratch.mkdir()
+        try:
+            converted = convert(source, scratch)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        (folder / "model.tflite").write_bytes(converted.model)
+        meta = {"inputs": converted.inputs, "outputs": converted.outputs, "notes": converted.notes}
+        return Converted(folder, ["model.tflite"], meta)
+
+    def quantize(
         self,
+        fp32: Converted,
         source: SourceModel,
         recipe: Recipe,
         calibration: Sequence[Feeds],
@@ -114,13 +170,17 @@ class TFLiteBackend:
         stem: str,
     ) -> ExportOutput:
         from edgekit.backends import tflite_ops
-        from edgekit.backends.tflite_convert import convert
-        from edgekit.backends.tflite_quantize import check_recipe, quantize
+        from edgekit.backends.tflite_convert import Converted as TFLiteModel
+        from edgekit.backends.tflite_quantize import quantize
         from edgekit.backends.tflite_validate import validate
 
         require("ai_edge_litert.interpreter", "tflite")
-        check_recipe(recipe)
-        converted = convert(source, workdir)
+        converted = TFLiteModel(
+            fp32.path("model.tflite").read_bytes(),
+            fp32.meta["inputs"],
+            fp32.meta["outputs"],
+            list(fp32.meta.get("notes", [])),
+        )
         warnings: list[str] = list(converted.notes)
         details: dict[str, Any] = {
             "converter": "litert-torch" if source.format == "torch" else "TFLiteConverter",

@@ -35,32 +35,6 @@ from edgekit.recipe import Recipe
 SIGNATURE = "serving_default"
 
 
-def check_recipe(recipe: Recipe) -> None:
-    """Refuse recipe fields TFLite cannot honour, naming the flag."""
-    if recipe.reduce_range:
-        raise UsageError(
-            "--reduce-range is an ONNX Runtime option for x86 CPUs without VNNI; TFLite "
-            "kernels (XNNPACK, Edge TPU, NNAPI) use full 8-bit weights: drop the flag"
-        )
-    if recipe.calibration_method != "minmax" and recipe.needs_calibration:
-        raise UsageError(
-            f"--calibration-method {recipe.calibration_method} is not available for TFLite: "
-            "the LiteRT Quantizer calibrates with min/max ranges; use --calibration-method "
-            "minmax (or --target onnxruntime for entropy/percentile)"
-        )
-    if recipe.io_dtype != "float" and recipe.precision != "int8":
-        raise UsageError(
-            f"--io {recipe.io_dtype} (given, or set by the target, e.g. edgetpu) needs a "
-            f"full-integer model: use --precision int8, or --target tflite for precision "
-            f"{recipe.precision}, which keeps float inputs and outputs"
-        )
-    if recipe.activation_symmetric and recipe.precision != "int8":
-        raise UsageError(
-            "--symmetric applies to int8 activations only (int16x8 activations are always "
-            "symmetric in TFLite); drop it or use --precision int8"
-        )
-
-
 def _full_minmax(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     if not old:
         return new

@@ -1,0 +1,140 @@
+"""The plan stage: decide whether an export request can run, before anything is loaded.
+
+Everything a request can get wrong that does not need the model itself is found here, from the
+target profile and the backend's declared :class:`~edgekit.backends.base.Capabilities`: the
+output folder and name, the target, a source format the backend has no route from, precisions
+it does not produce, recipe settings it cannot honour, a local device that is absent. Each
+refusal names what works instead. A plan holds one validated recipe per precision, so that
+the rest of the pipeline converts once and quantizes for each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgekit.backends import backend_names, get_backend
+from edgekit.backends.base import Backend, is_remote
+from edgekit.errors import UsageError
+from edgekit.model import detect_format, object_format
+from edgekit.recipe import Recipe
+from edgekit.targets import Target, resolve_target
+
+# File names are at most 255 bytes; precision, suffix and ".edgekit.json" need the rest.
+MAX_NAME_BYTES = 200
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """A request that can run: target, backend, one recipe per precision, where to write."""
+
+    target: Target
+    backend: Backend
+    recipes: tuple[Recipe, ...]
+    output_dir: Path
+    name: str | None
+    #: where the artifact is checked after export (a local accelerator, or a remote device
+    #: that is benchmarked later)
+    check_on: str
+    #: per recipe: settings the caller gave that do nothing at its precision
+    ignored: tuple[tuple[str, ...], ...] = field(default=())
+
+
+def _source_format(model: Any) -> str:
+    return detect_format(Path(model)) if isinstance(model, str | Path) else object_format(model)
+
+
+def _check_output(output_dir: Path, name: str | None) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UsageError(
+            f"-o {output_dir} exists and is not a folder; choose another output folder"
+        )
+    if name is None:
+        return
+    if Path(name).name != name or name in ("", ".", ".."):
+        raise UsageError(f"--name '{name}' must be a plain file name stem, without '/'")
+    if len(name.encode()) > MAX_NAME_BYTES:
+        raise UsageError(
+            f"--name is {len(name.encode())} bytes long; file systems allow 255 per name with "
+            f"the suffixes edgekit adds, so keep it to {MAX_NAME_BYTES}"
+        )
+
+
+def _check_route(fmt: str, backend: Backend) -> None:
+    if fmt in backend.capabilities.sources:
+        return
+    others = [n for n in backend_names() if fmt in get_backend(n).capabilities.sources]
+    routes = ", ".join(f"--target {n}" for n in others) or "no backend"
+    raise UsageError(
+        f"{backend.name} cannot export from a {fmt} model; use {routes}, or export from the "
+        "model's original framework"
+    )
+
+
+def _check_precision(precision: str, backend: Backend) -> None:
+    offered = backend.capabilities.precisions
+    if precision in offered:
+        return
+    others = [n for n in backend_names() if precision in get_backend(n).capabilities.precisions]
+    if others:
+        raise UsageError(
+            f"precision '{precision}' is not supported by {backend.name} (it supports "
+            f"{', '.join(offered)}); --target {' or --target '.join(others)} offers it"
+        )
+
+
+def plan_export(
+    model: Any,
+    target: str,
+    precisions: Sequence[str | None],
+    output_dir: str | Path,
+    name: str | None,
+    device: str | None,
+    base: Recipe | None,
+    recipe_fields: Mapping[str, Any],
+) -> ExportPlan:
+    """Check the whole request; raise a UsageError (or DeviceError) naming what works."""
+    out_dir = Path(output_dir)
+    _check_output(out_dir, name)
+    tgt = resolve_target(target)
+    backend = get_backend(tgt.backend)
+    _check_route(_source_format(model), backend)
+    given = [k for k, v in recipe_fields.items() if v is not None]
+    recipes, ignored = [], []
+    for wanted in precisions:
+        precision = wanted or (base.precision if base else tgt.default_precision)
+        _check_precision(precision, backend)
+        recipe = (
+            (base or Recipe().updated(**tgt.recipe))
+            .updated(precision=precision, **recipe_fields)
+            .validate(backend.capabilities.precisions, backend.name)
+        )
+        refused = backend.capabilities.refusals(recipe)
+        if refused:
+            raise UsageError(refused[0])
+        if (
+            recipe_fields.get("percentile") is not None
+            and recipe.calibration_method != "percentile"
+        ):
+            raise UsageError(
+                "--percentile applies only to --calibration-method percentile; drop it or add "
+                "--calibration-method percentile"
+            )
+        recipes.append(recipe)
+        ignored.append(tuple(recipe.unused(given)))
+    if len({r.precision for r in recipes}) != len(recipes):
+        raise UsageError("--precision names the same precision twice")
+    check_on = device or tgt.device
+    if not is_remote(check_on):
+        backend.check_device(check_on)
+    return ExportPlan(
+        target=tgt,
+        backend=backend,
+        recipes=tuple(recipes),
+        output_dir=out_dir,
+        name=name,
+        check_on=check_on,
+        ignored=tuple(ignored),
+    )
