@@ -18,9 +18,95 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.errors import ModelFormatError
+from edgekit.model import TensorSpec
+from edgekit.schema_check import validate
 
 SIDECAR_SUFFIX = ".edgekit.json"
-SIDECAR_SCHEMA_VERSION = 1
+#: 2 added artifact.sha256 (per file) and conversion (cache key, how it was obtained)
+SIDECAR_SCHEMA_VERSION = 2
+_STR = ["string", "null"]
+_SPEC = {
+    "type": "object",
+    "required": ["name", "dtype", "shape"],
+    "properties": {
+        "name": {"type": "string"},
+        "dtype": {"type": "string"},
+        "shape": {"type": "array"},
+        "quantization": {"type": "object"},
+    },
+}
+#: JSON Schema (draft 2020-12) of a sidecar; export checks what it writes against it and
+#: :func:`read_sidecar` what it reads.
+SIDECAR_JSON_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "edgekit export sidecar",
+    "type": "object",
+    "required": [
+        "schema_version",
+        "edgekit_version",
+        "created",
+        "source",
+        "target",
+        "backend",
+        "recipe",
+        "tools",
+        "inputs",
+        "outputs",
+        "artifact",
+        "backend_details",
+        "agreement",
+        "runtime",
+        "warnings",
+        "notes",
+    ],
+    "properties": {
+        "schema_version": {"enum": [1, 2]},
+        "edgekit_version": {"type": "string"},
+        "created": {"type": "string"},
+        "source": {
+            "type": "object",
+            "required": ["path", "format", "sha256", "size_bytes"],
+            "properties": {
+                "path": {"type": _STR},
+                "format": {"type": "string"},
+                "sha256": {"type": _STR},
+                "size_bytes": {"type": "integer", "minimum": 0},
+            },
+        },
+        "target": {"type": "string"},
+        "backend": {"type": "string"},
+        "recipe": {
+            "type": "object",
+            "required": ["precision"],
+            "properties": {"precision": {"type": "string"}, "keep_float": {"type": "array"}},
+        },
+        "tools": {"type": "object"},
+        "inputs": {"type": "array", "items": _SPEC},
+        "outputs": {"type": "array", "items": _SPEC},
+        "artifact": {
+            "type": "object",
+            "required": ["files", "size_bytes"],
+            "properties": {
+                "files": {"type": "array", "items": {"type": "string"}},
+                "size_bytes": {"type": "integer", "minimum": 0},
+                "sha256": {"type": "object"},
+            },
+        },
+        "conversion": {
+            "type": "object",
+            "required": ["cache_key", "how"],
+            "properties": {"cache_key": {"type": _STR}, "how": {"type": "string"}},
+        },
+        "backend_details": {
+            "type": "object",
+            "properties": {"io_map": {"type": ["object", "null"]}},
+        },
+        "agreement": {"type": "object"},
+        "runtime": {"type": "object"},
+        "warnings": {"type": "array", "items": {"type": "string"}},
+        "notes": {"type": "array", "items": {"type": "string"}},
+    },
+}
 # A sidecar is a few KiB; anything far larger is not one, and is not read into memory.
 MAX_SIDECAR_BYTES = 16 << 20
 
@@ -31,13 +117,28 @@ def sidecar_path(artifact: Path) -> Path:
 
 @dataclass(frozen=True)
 class Sidecar:
-    """The parts of a sidecar that readers act on, validated; ``raw`` keeps the whole object."""
+    """A sidecar read back and checked: the fields readers act on, typed; ``raw`` keeps the
+    whole document (valid under :data:`SIDECAR_JSON_SCHEMA`)."""
 
     path: Path
     files: tuple[Path, ...]
-    precision: str | None
+    precision: str
+    backend: str
+    target: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    source_sha256: str | None
     io_map: dict[str, Any] | None
     raw: dict[str, Any] = field(repr=False)
+
+
+def check_sidecar(doc: dict[str, Any]) -> list[str]:
+    """What is wrong with ``doc`` under the sidecar schema; empty when it conforms."""
+    return validate(doc, SIDECAR_JSON_SCHEMA)
+
+
+def _spec(d: dict[str, Any]) -> TensorSpec:
+    return TensorSpec(d["name"], d["dtype"], tuple(d["shape"]), d.get("quantization"))
 
 
 def _bad(side: Path, why: str) -> ModelFormatError:
@@ -45,13 +146,6 @@ def _bad(side: Path, why: str) -> ModelFormatError:
         f"{side} is not a valid edgekit sidecar ({why}); re-export the artifact or delete the "
         "sidecar"
     )
-
-
-def _typed(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], side: Path) -> Any:
-    value = obj.get(key)
-    if value is not None and not isinstance(value, kind):
-        raise _bad(side, f"'{key}' is a {type(value).__name__}")
-    return value
 
 
 def confined_file(folder: Path, name: Any, side: Path) -> Path:
@@ -83,17 +177,23 @@ def read_sidecar(artifact: Path) -> Sidecar | None:
         raise _bad(side, f"not readable JSON: {exc}") from exc
     if not isinstance(raw, dict):
         raise _bad(side, f"a JSON {type(raw).__name__}, not an object")
-    art = _typed(raw, "artifact", dict, side) or {}
-    names = _typed(art, "files", list, side) or []
+    problems = check_sidecar(raw)
+    if problems:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise _bad(side, problems[0] + more)
+    names = raw["artifact"]["files"]
     files = tuple(confined_file(artifact.parent, n, side) for n in names)
-    if files and artifact.name not in names:
+    if artifact.name not in names:
         raise _bad(side, f"its file list does not name {artifact.name}")
-    recipe = _typed(raw, "recipe", dict, side) or {}
-    details = _typed(raw, "backend_details", dict, side) or {}
     return Sidecar(
         path=side,
         files=files,
-        precision=_typed(recipe, "precision", str, side),
-        io_map=_typed(details, "io_map", dict, side),
+        precision=raw["recipe"]["precision"],
+        backend=raw["backend"],
+        target=raw["target"],
+        inputs=tuple(_spec(d) for d in raw["inputs"]),
+        outputs=tuple(_spec(d) for d in raw["outputs"]),
+        source_sha256=raw["source"]["sha256"],
+        io_map=raw["backend_details"].get("io_map"),
         raw=raw,
     )

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 import numpy as np
 from PIL import Image
 
+from edgekit.backends.feeds import as_array, cast
 from edgekit.errors import DataError, UsageError
 
 if TYPE_CHECKING:
@@ -222,7 +223,7 @@ def load_samples(
         missing = [name for name in expected if name not in source]
         if missing:
             raise DataError(_missing_inputs_message("the data mapping", missing, source, expected))
-        arrays = {name: _as_array(source[name], f"input '{name}'") for name in expected}
+        arrays = {name: as_array(source[name], f"input '{name}'") for name in expected}
         return _array_samples(arrays, expected, limit, seed)
     if isinstance(source, DataReader):
         items = list(iter(source.get_next, None))
@@ -555,17 +556,22 @@ def _array_samples(
     seed: int,
     origin: str | None = None,
 ) -> list[Feed]:
-    """Split whole arrays into samples: exactly the input shape, or (N, *shape[1:]) for batch 1."""
+    """Split whole arrays into samples: exactly the input shape (one sample), (N, *shape) (a
+    leading sample axis, for any input: an RNN state [2, 1, 128] or a scalar too), or
+    (N, *shape[1:]) stacked along a batch dimension of 1."""
     where = f" ({origin})" if origin else ""
     counts: dict[str, int] = {}
+    modes: dict[str, str] = {}
     for name, (shape, _) in expected.items():
         array = arrays[name]
-        if _stacks(shape) and array.ndim == len(shape) and array.shape[1:] == shape[1:]:
-            counts[name] = array.shape[0]
+        if array.ndim == len(shape) + 1 and array.shape[1:] == shape:
+            counts[name], modes[name] = array.shape[0], "leading"
+        elif _stacks(shape) and array.ndim == len(shape) and array.shape[1:] == shape[1:]:
+            counts[name], modes[name] = array.shape[0], "stacked"
         elif array.shape == shape:
-            counts[name] = 1
+            counts[name], modes[name] = 1, "single"
         else:
-            layouts = f"{shape} (one sample)"
+            layouts = f"{shape} (one sample), ({', '.join(['N', *map(str, shape)])}) (N samples)"
             if _stacks(shape):
                 layouts += f" or ({', '.join(['N', *map(str, shape[1:])])}) (N samples)"
             raise DataError(
@@ -584,9 +590,9 @@ def _array_samples(
     samples = []
     for i in _choose(n, limit, seed):
         # np.array copies out of memory-mapped files so no sample keeps the file open.
+        pick = {"leading": lambda a, i=i: a[i], "stacked": lambda a, i=i: a[i : i + 1]}
         feed = {
-            name: np.array(arrays[name][i : i + 1] if _stacks(shape) else arrays[name])
-            for name, (shape, _) in expected.items()
+            name: np.array(pick.get(modes[name], lambda a: a)(arrays[name])) for name in expected
         }
         samples.append(_check_sample(f"calibration sample {i}{where}", feed, expected))
     return samples
@@ -603,6 +609,18 @@ def _stacks(shape: tuple[int, ...]) -> bool:
 def _random_samples(
     expected: dict[str, tuple[tuple[int, ...], np.dtype]], count: int, seed: int
 ) -> list[Feed]:
+    for name, (shape, dtype) in expected.items():
+        # 8-bit integers are pixels or quantized activations, for which random values are
+        # inputs like any other; wider integers, bools and scalars are ids, lengths, steps or
+        # flags, whose random values make the model fail or branch where it never would.
+        garbage = dtype.kind == "b" or (dtype.kind in "iu" and dtype.itemsize > 1)
+        if garbage or not shape:
+            what = f"a {dtype} scalar" if not shape else f"{dtype}"
+            raise DataError(
+                f"input '{name}' is {what} (ids, lengths or flags, not pixels): random values "
+                "are no valid input for it; pass real inputs with --eval-data (and "
+                "--calibration) as a .npz keyed by input name"
+            )
     rng = np.random.default_rng(seed)
     samples = []
     for _ in range(count):
@@ -610,8 +628,6 @@ def _random_samples(
         for name, (shape, dtype) in expected.items():
             if dtype.kind == "f":
                 feed[name] = rng.standard_normal(shape).astype(dtype)
-            elif dtype.kind == "b":
-                feed[name] = rng.integers(0, 2, size=shape).astype(bool)
             elif dtype.kind in "iu":
                 info = np.iinfo(dtype)
                 feed[name] = rng.integers(
@@ -655,51 +671,17 @@ def _dtype(spec: TensorSpec) -> np.dtype:
         ) from None
 
 
-def _as_array(value: Any, where: str) -> np.ndarray:
-    try:
-        return np.asarray(value)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise DataError(
-            f"{where} is a {type(value).__name__} that cannot become a numpy array ({exc}); "
-            "pass numpy arrays (for torch tensors: t.detach().cpu().numpy())"
-        ) from exc
-
-
 def _cast(array: np.ndarray, dtype: np.dtype, where: str) -> np.ndarray:
-    """Cast only where no information is silently lost: never float→int, ints range-checked."""
-    if array.dtype == dtype:
-        return array
-    src = array.dtype
-    if src.kind in "iub" and dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        if array.size and (array.min() < info.min or array.max() > info.max):
-            raise DataError(
-                f"{where} has values {array.min()}..{array.max()} that do not fit the model's "
-                f"{dtype} ({info.min}..{info.max}); rescale the data to that range"
-            )
-        return array.astype(dtype)
-    if src.kind in "biu" and dtype.kind == "f":
+    """The sessions' cast (edgekit.backends.feeds), but stricter for data that calibrates."""
+    if array.dtype.kind in "biu" and dtype.kind == "f":
         # Integer or bool data for a float input is nearly always unscaled pixels or labels in
         # the wrong key; casting it would calibrate on the wrong range without a word.
         raise DataError(
-            f"{where} is {src} but the model expects {dtype}; convert it the way the model's "
-            f"inputs are prepared (e.g. x.astype('{dtype}') / 255 for pixels) and pass that"
+            f"{where} is {array.dtype} but the model expects {dtype}; convert it the way the "
+            f"model's inputs are prepared (e.g. x.astype('{dtype}') / 255 for pixels) and pass "
+            "that"
         )
-    if src.kind in "biuf" and np.can_cast(src, dtype, "same_kind"):
-        with np.errstate(over="ignore"):
-            out = array.astype(dtype)
-        if dtype.kind == "f" and src.kind == "f" and (np.isinf(out) & np.isfinite(array)).any():
-            raise DataError(
-                f"{where} has values beyond the range of the model's {dtype}; rescale the data"
-            )
-        return out
-    hint = "give it data of that dtype"
-    if src.kind == "f" and dtype.kind in "iub":
-        hint = (
-            f"converting float data to {dtype} would truncate it; quantize it with the input's "
-            f"scale and zero point yourself, or give {dtype} data"
-        )
-    raise DataError(f"{where} is {src} but the model expects {dtype}; {hint}")
+    return cast(array, dtype, where)
 
 
 def _check_sample(
@@ -718,7 +700,7 @@ def _check_sample(
     feed = {}
     for name, (shape, dtype) in expected.items():
         where = f"{label}: input '{name}'"
-        array = _cast(_as_array(sample[name], where), dtype, where)
+        array = _cast(as_array(sample[name], where), dtype, where)
         if array.shape != shape:
             raise DataError(
                 f"{where} has shape {array.shape} but the model expects {shape}; reshape the "

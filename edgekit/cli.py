@@ -17,13 +17,12 @@ from edgekit.errors import EXIT_CODES, EdgekitError, first_line
 _EPILOG = "exit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES.items())
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, got '{text}'"
-        ) from None
+def _floats(text: str) -> tuple[str, ...]:
+    """Comma-separated numbers or fractions (``0.5,1/2``), each checked by ImageOptions."""
+    values = tuple(v.strip() for v in text.split(","))
+    if not all(values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'")
+    return values
 
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:
@@ -98,6 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     exp.add_argument("-o", "--output-dir", default="edgekit-out", help="default: edgekit-out")
     exp.add_argument("--name", help="artifact file name stem (default: the model's)")
+    exp.add_argument(
+        "--force", action="store_true", help="replace an artifact another target exported"
+    )
     data = exp.add_argument_group("calibration and evaluation data")
     data.add_argument(
         "--calibration", help="image folder, .npy/.npz, or 'random' (smoke tests only)"
@@ -119,7 +121,9 @@ def _parser() -> argparse.ArgumentParser:
     img = exp.add_argument_group("image preprocessing (image-folder data)")
     img.add_argument("--layout", choices=("NCHW", "NHWC"))
     img.add_argument("--color", choices=("rgb", "bgr", "gray"))
-    img.add_argument("--scale", type=float, help="pixel multiplier (default 1/255)")
+    # Strings, checked by ImageOptions like preprocess.toml values, so fractions work the same
+    # in both places (--scale 1/127.5).
+    img.add_argument("--scale", help="pixel multiplier, a number or fraction (default 1/255)")
     img.add_argument("--mean", type=_floats, help="per-channel mean, e.g. 0.485,0.456,0.406")
     img.add_argument("--std", type=_floats, help="per-channel std, e.g. 0.229,0.224,0.225")
     img.add_argument(
@@ -135,10 +139,18 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument(
         "--io", choices=("float", "int8", "uint8"), help="I/O dtype of full-integer models"
     )
+    chk = exp.add_argument_group("agreement warnings")
+    chk.add_argument(
+        "--warn-cosine", type=float, metavar="X", help="warn below this output cosine (0.99)"
+    )
+    chk.add_argument(
+        "--warn-top1", type=float, metavar="X", help="warn below this top-1 agreement (0.98)"
+    )
     exp.add_argument(
         "--device", help="accelerator to check the artifact on, e.g. CPU, GPU, NPU, AUTO"
     )
     exp.add_argument("--json", action="store_true", help="print the report as JSON")
+    exp.add_argument("--quiet", "-q", action="store_true", help="no stage lines on stderr")
 
     ins = sub.add_parser("inspect", help="show a model's format, I/O, parameters and ops")
     ins.add_argument("model")
@@ -208,6 +220,8 @@ def _recipe_fields(args: argparse.Namespace) -> dict[str, Any]:
         "percentile": args.percentile,
         "eval_samples": args.eval_samples,
         "seed": args.seed,
+        "warn_cosine": args.warn_cosine,
+        "warn_top1": args.warn_top1,
     }
     if args.per_tensor:
         fields["per_channel"] = False
@@ -223,6 +237,9 @@ def _recipe_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from edgekit import progress
+
+    progress.QUIET = args.quiet
     from edgekit.calibration import ImageOptions
     from edgekit.exporter import export
     from edgekit.model import parse_input_shapes
@@ -246,6 +263,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         image_options=image_options,
         name=args.name,
         device=args.device,
+        force=args.force,
         **_recipe_fields(args),
     )
     if not isinstance(reports, list):

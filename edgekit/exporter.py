@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit import __version__, convert_cache
-from edgekit.artifact import SIDECAR_SCHEMA_VERSION, sidecar_path
+from edgekit.artifact import SIDECAR_SCHEMA_VERSION, check_sidecar, sidecar_path
 from edgekit.backends.base import Converted, ExportOutput, is_remote
 from edgekit.calibration import ImageOptions, load_samples, split_samples
 from edgekit.commit import commit, make_workdir, output_folder, remove_stale
@@ -30,7 +30,7 @@ from edgekit.errors import DataError, EdgekitError, ModelFormatError, UsageError
 from edgekit.evaluate import Agreement, compare
 from edgekit.model import Feeds, SourceModel, file_digest, load_model
 from edgekit.plan import ExportPlan, plan_export
-from edgekit.progress import progress
+from edgekit.progress import progress, stage
 from edgekit.recipe import Recipe
 
 # Frameworks whose versions go into the sidecar when they took part in an export.
@@ -146,7 +146,7 @@ def _data(
     return calib, held, described
 
 
-def _reference(source: SourceModel, feeds: Feeds) -> list[Any]:
+def _reference(source: SourceModel, feeds: Feeds, random: bool = False) -> list[Any]:
     """Run the FP32 source; a model that cannot run there cannot be checked, so say so."""
     try:
         return source.run(feeds)
@@ -154,6 +154,13 @@ def _reference(source: SourceModel, feeds: Feeds) -> list[Any]:
         raise
     except Exception as exc:
         first = re.sub(r"^\[[^\]]*\]\s*", "", first_line(exc))
+        if random:
+            # Control flow, lookups and masks can fail on values no real input has: the
+            # model is not at fault then, the probe is.
+            raise DataError(
+                f"the {source.format} source model does not run on random inputs ({first}); "
+                "pass real inputs it accepts with --eval-data (and --calibration)"
+            ) from exc
         raise ModelFormatError(
             f"the {source.format} source model does not run on its own inputs: {first}; fix "
             "or re-export the source model"
@@ -186,6 +193,7 @@ def export(
     name: str | None = None,
     device: str | None = None,
     recipe: Recipe | None = None,
+    force: bool = False,
     **recipe_fields: Any,
 ) -> ExportReport | list[ExportReport]:
     """Export ``model`` for ``target`` at ``precision`` and compare it with the FP32 source.
@@ -198,27 +206,35 @@ def export(
     keyword arguments are Recipe fields applied on top.
     ``calibration``/``eval_data`` are an image folder, a .npy/.npz path, an iterable of feed
     dicts, or ``"random"``. ``device`` is where the exported artifact is checked (a local
-    accelerator such as OpenVINO's ``GPU``; default: the target's).
+    accelerator such as OpenVINO's ``GPU``; default: the target's). ``force`` replaces an
+    artifact of the same name that another target exported.
     """
     started = time.perf_counter()
     many = not isinstance(precision, str | None)
     precisions = list(precision) if many else [precision]  # type: ignore[arg-type]
     if not precisions:
         raise UsageError("precision: give at least one")
-    plan = plan_export(model, target, precisions, output_dir, name, device, recipe, recipe_fields)
+    plan = plan_export(
+        model, target, precisions, output_dir, name, device, recipe, recipe_fields, force
+    )
+    stage(f"loading {model if isinstance(model, str | Path) else type(model).__name__}")
     source = load_model(model, input_shapes, example_inputs)
     calib, held, eval_desc = _data(source, plan.recipes, calibration, eval_data, image_options)
     # Fail before any conversion work if the source itself cannot run.
     for feeds in (held or calib)[:1]:
-        _reference(source, feeds)
-    reference = [_reference(source, f) for f in progress(held, desc="reference")]
+        _reference(source, feeds, random="random" in eval_desc)
+    random_eval = "random" in eval_desc
+    reference = [_reference(source, f, random_eval) for f in progress(held, desc="reference")]
     out_dir = plan.output_dir
     try:
         with output_folder(out_dir):
             remove_stale(out_dir)
             workdir = make_workdir(out_dir)
             try:
+                stage(f"preparing the {source.format} model for {plan.backend.name}")
                 fp32, how = convert_cache.converted(plan.backend, source, workdir / "convert")
+                if how != "converted":
+                    stage(convert_cache.describe_hit(how))
                 reports = []
                 for i, (recipe, ignored) in enumerate(zip(plan.recipes, plan.ignored, strict=True)):
                     how = how if i == 0 else "export"
@@ -240,6 +256,39 @@ def export(
     for report in reports:
         report.seconds = seconds / len(reports)
     return reports if many else reports[0]
+
+
+def _honesty(
+    recipe: Recipe,
+    agreement: Agreement,
+    size: int,
+    source_size: int,
+    eval_desc: str,
+    backend: str,
+) -> list[str]:
+    """Say so when an artifact does not look like the model it came from, or is no smaller:
+    a broken fp16 or int8 must not pass as a good one because its summary was not read."""
+    out = []
+    on = f"on {agreement.samples} {eval_desc}"
+    cosine, top1 = agreement.mean_cosine, agreement.top1_agreement
+    if cosine is not None and cosine < recipe.warn_cosine:
+        out.append(
+            f"outputs agree with the FP32 source at mean cosine {cosine:.4f} {on}, below "
+            f"{recipe.warn_cosine}: check the artifact on real data before shipping it; try "
+            "--keep-float for the first/last layers, more --calibration-samples, or a higher "
+            "precision"
+        )
+    if top1 is not None and top1 < recipe.warn_top1:
+        out.append(
+            f"top-1 agreement with the FP32 source is {top1:.2%} {on}, below {recipe.warn_top1:.0%}"
+        )
+    if source_size and size > 1.05 * source_size:
+        out.append(
+            f"the {recipe.precision} artifact is {size / source_size:.2f}x the size of its "
+            f"source: the source stores its weights more compactly (already quantized or fp16 "
+            f"weights: see edgekit inspect) or {backend} could not quantize them"
+        )
+    return out
 
 
 @dataclass
@@ -265,7 +314,9 @@ def _quantize_and_check(
     """The quantize and evaluate stages for one recipe, inside the staging folder."""
     folder = workdir / recipe.precision
     folder.mkdir()
-    stem = f"{plan.name or source.name}_{recipe.precision}"
+    calibrated = f" (calibrating on {len(calib)} samples)" if recipe.needs_calibration else ""
+    stage(f"{plan.backend.name} {recipe.precision}{calibrated}")
+    stem = plan.stem(source.name, recipe)
     result = plan.backend.quantize(fp32, source, recipe, calib, folder, stem)
     # The agreement check runs here; a remote target device is benchmarked, not used here.
     local = None if is_remote(plan.check_on) else plan.check_on
@@ -296,7 +347,11 @@ def _commit(
     source_size = source.size_bytes or sum(fp32.path(f).stat().st_size for f in fp32.files)
     artifact = out_dir / result.primary.name
     sidecar = sidecar_path(artifact)
-    warnings = [*ignored, *result.warnings]
+    warnings = [
+        *ignored,
+        *result.warnings,
+        *_honesty(recipe, agreement, size, source_size, eval_desc, plan.backend.name),
+    ]
     payload = {
         "schema_version": SIDECAR_SCHEMA_VERSION,
         "edgekit_version": __version__,
@@ -325,9 +380,13 @@ def _commit(
         "warnings": warnings,
         "notes": source.notes,
     }
+    problems = check_sidecar(payload)
+    if problems:  # a bug in this function, not the user's: say where
+        raise RuntimeError(f"the sidecar edgekit built is not valid: {problems}")
     _atomic_json(checked.folder / sidecar.name, payload)
     # The artifact goes in before its sidecar: a sidecar never describes a missing file.
     commit(out_dir, [*result.files, checked.folder / sidecar.name], result.primary)
+    stage(f"wrote {artifact}")
     return ExportReport(
         artifact=artifact,
         sidecar=sidecar,

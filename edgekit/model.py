@@ -28,6 +28,8 @@ INTAKE: dict[str, str] = {
     "keras": "edgekit.intake.keras",
     "savedmodel": "edgekit.intake.keras",
     "tflite": "edgekit.intake.tflite",
+    # inspect only: an IR is an artifact, exported from its source instead
+    "openvino-ir": "edgekit.intake.openvino_ir",
 }
 
 _SUFFIX_FORMAT = {
@@ -37,6 +39,7 @@ _SUFFIX_FORMAT = {
     ".h5": "keras",
     ".hdf5": "keras",
     ".tflite": "tflite",
+    ".xml": "openvino-ir",
 }
 # Largest dimension accepted in --input-shape (the int32 range every runtime indexes with).
 MAX_DIM = 2**31 - 1

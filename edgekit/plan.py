@@ -17,7 +17,7 @@ from typing import Any
 
 from edgekit.backends import backend_names, get_backend
 from edgekit.backends.base import Backend, is_remote
-from edgekit.errors import UsageError
+from edgekit.errors import EdgekitError, UsageError
 from edgekit.model import detect_format, object_format
 from edgekit.recipe import Recipe
 from edgekit.targets import Target, resolve_target
@@ -40,6 +40,9 @@ class ExportPlan:
     check_on: str
     #: per recipe: settings the caller gave that do nothing at its precision
     ignored: tuple[tuple[str, ...], ...] = field(default=())
+
+    def stem(self, source_name: str, recipe: Recipe) -> str:
+        return f"{self.name or source_name}_{recipe.precision}"
 
 
 def _source_format(model: Any) -> str:
@@ -66,7 +69,12 @@ def _check_route(fmt: str, backend: Backend) -> None:
     if fmt in backend.capabilities.sources:
         return
     others = [n for n in backend_names() if fmt in get_backend(n).capabilities.sources]
-    routes = ", ".join(f"--target {n}" for n in others) or "no backend"
+    if not others:
+        raise UsageError(
+            f"no backend exports from a {fmt} model (an artifact, not a source); export from "
+            "the model it was made from"
+        )
+    routes = ", ".join(f"--target {n}" for n in others)
     raise UsageError(
         f"{backend.name} cannot export from a {fmt} model; use {routes}, or export from the "
         "model's original framework"
@@ -85,6 +93,37 @@ def _check_precision(precision: str, backend: Backend) -> None:
         )
 
 
+def _source_name(model: Any) -> str:
+    """The stem an artifact gets from its source (SourceModel.name, known before loading)."""
+    if not isinstance(model, str | Path):
+        return "model"
+    path = Path(model)
+    return path.name.split(".")[0] if path.is_file() else path.name
+
+
+def _check_overwrite(plan: ExportPlan, model: Any) -> None:
+    """Two targets of one backend (say tflite and android-arm64) name their artifacts alike;
+    exporting one must not silently replace the other's."""
+    from edgekit.artifact import read_sidecar
+
+    for recipe in plan.recipes:
+        artifact = (
+            plan.output_dir / f"{plan.stem(_source_name(model), recipe)}{plan.backend.suffix}"
+        )
+        if not artifact.exists():
+            continue
+        try:
+            side = read_sidecar(artifact)
+        except EdgekitError:
+            continue  # a broken sidecar describes nothing worth keeping
+        if side is not None and side.target != plan.target.name:
+            raise UsageError(
+                f"{artifact} is the --target {side.target} export; exporting --target "
+                f"{plan.target.name} would replace it: choose another --name or -o, or pass "
+                "--force"
+            )
+
+
 def plan_export(
     model: Any,
     target: str,
@@ -94,6 +133,7 @@ def plan_export(
     device: str | None,
     base: Recipe | None,
     recipe_fields: Mapping[str, Any],
+    force: bool = False,
 ) -> ExportPlan:
     """Check the whole request; raise a UsageError (or DeviceError) naming what works."""
     out_dir = Path(output_dir)
@@ -129,7 +169,7 @@ def plan_export(
     check_on = device or tgt.device
     if not is_remote(check_on):
         backend.check_device(check_on)
-    return ExportPlan(
+    plan = ExportPlan(
         target=tgt,
         backend=backend,
         recipes=tuple(recipes),
@@ -138,3 +178,6 @@ def plan_export(
         check_on=check_on,
         ignored=tuple(ignored),
     )
+    if not force:
+        _check_overwrite(plan, model)
+    return plan

@@ -1,5 +1,10 @@
-"""Progress bars on stderr for long work; silent when stderr is not a terminal or when
-EDGEKIT_PROGRESS=0, so that pipelines and --json output stay clean."""
+"""What a long command says while it works, all on stderr so stdout (--json) stays clean:
+
+* stage lines (``edgekit: converting for openvino ...``), also without a terminal, so a CI log
+  shows what an export is doing during its first quiet seconds; ``--quiet`` (``QUIET``) or
+  ``EDGEKIT_PROGRESS=0`` silences them;
+* progress bars, only on a terminal (or with EDGEKIT_PROGRESS=1).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
+#: set by ``--quiet``: no stage lines
+QUIET = False
 
 
 def enabled() -> bool:
@@ -24,3 +31,10 @@ def progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterato
     from tqdm import tqdm
 
     yield from tqdm(items, desc=desc, total=total, file=sys.stderr, leave=False, unit="sample")
+
+
+def stage(text: str) -> None:
+    """One line saying what starts now."""
+    if QUIET or os.environ.get("EDGEKIT_PROGRESS") == "0":
+        return
+    print(f"edgekit: {text}", file=sys.stderr, flush=True)

@@ -51,6 +51,8 @@ FLAG_NAMES: dict[str, str] = {
     "reduce_range": "--reduce-range",
     "keep_float": "--keep-float",
     "io_dtype": "--io",
+    "warn_cosine": "--warn-cosine",
+    "warn_top1": "--warn-top1",
 }
 
 
@@ -77,6 +79,10 @@ class Recipe:
     keep_float: tuple[str, ...] = ()
     #: dtype of the artifact's inputs/outputs for full-integer models (Edge TPU, MCUs)
     io_dtype: str = "float"
+    #: warn when the artifact's mean output cosine with the FP32 source is below this
+    warn_cosine: float = 0.99
+    #: warn when its top-1 agreement (classifier-like outputs) is below this
+    warn_top1: float = 0.98
 
     def _check_types(self) -> None:
         """Values from a target or recipe TOML arrive untyped: ``per_channel = "no"`` must not
@@ -132,6 +138,10 @@ class Recipe:
             raise UsageError(f"--seed must be from 0 to {2**32 - 1}, got {self.seed}")
         if self.calibration_samples > MAX_SAMPLES or self.eval_samples > MAX_SAMPLES:
             raise UsageError(f"--calibration-samples and --eval-samples are at most {MAX_SAMPLES}")
+        for name in ("warn_cosine", "warn_top1"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                flag = FLAG_NAMES[name]
+                raise UsageError(f"{flag} must be from 0 to 1, got {getattr(self, name)}")
         if not 50.0 < self.percentile <= 100.0:
             raise UsageError("--percentile must be in (50, 100], e.g. 99.99")
         return self

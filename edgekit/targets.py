@@ -15,16 +15,17 @@ from typing import Any
 from edgekit.backends import backend_names
 from edgekit.errors import UsageError
 
-_KNOWN_KEYS = {"name", "backend", "description", "device", "precision", "recipe", "benchmark"}
 _KEY_TYPES: dict[str, type] = {
     "name": str,
     "backend": str,
     "description": str,
     "device": str,
+    "accelerator": str,
     "precision": dict,
     "recipe": dict,
     "benchmark": dict,
 }
+_KNOWN_KEYS = set(_KEY_TYPES)
 _MAX_PROFILE_BYTES = 1 << 20
 
 
@@ -34,6 +35,9 @@ class Target:
     backend: str
     description: str = ""
     device: str = "local"
+    #: the chip the artifact is made for, when a backend checks for it ("edgetpu": the TFLite
+    #: backend's Edge TPU compiler report in ``edgekit inspect --target``); "" for none
+    accelerator: str = ""
     default_precision: str = "fp32"
     #: recipe defaults for this target (e.g. reduce_range on a CPU without VNNI)
     recipe: dict[str, Any] = field(default_factory=dict)
@@ -86,6 +90,7 @@ def _from_toml(path: Path) -> Target:
         backend=backend,
         description=data.get("description", ""),
         device=data.get("device", "local"),
+        accelerator=data.get("accelerator", ""),
         default_precision=precision.get("default", "fp32"),
         recipe=dict(data.get("recipe", {})),
         benchmark=dict(data.get("benchmark", {})),

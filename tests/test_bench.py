@@ -7,6 +7,7 @@ import ast
 import importlib
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -24,8 +25,8 @@ from edgekit.backends import backend_names, get_backend
 from edgekit.bench import inputs as bench_inputs
 from edgekit.bench import interleave, stats
 from edgekit.bench.devices.local import LocalDevice
-from edgekit.bench.harness import RUNNERS_DIR, resolve_artifact
-from edgekit.bench.schema import validate
+from edgekit.bench.harness import resolve_artifact
+from edgekit.bench.runners import HARNESS
 from edgekit.bench.sysinfo import parse_cpuinfo
 from edgekit.cli import main
 from edgekit.errors import (
@@ -37,6 +38,7 @@ from edgekit.errors import (
     ModelNotFoundError,
     UsageError,
 )
+from edgekit.schema_check import validate
 
 RNG = np.random.default_rng(0)
 
@@ -156,14 +158,14 @@ def tflite_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return paths
 
 
-def _start(runner: str, path: Path, *args: str, accelerator: str = "local"):
-    """A runner process on this machine, without the backend registry."""
+def _start(backend: str, path: Path, *args: str, accelerator: str = "local"):
+    """A runner process on this machine: the backend's runner file, without the harness."""
 
     def error_for(kind: str, message: str) -> EdgekitError:
         return (DeviceError if kind == "device" else EdgekitError)(f"{kind}: {message}")
 
     return LocalDevice(accelerator).start(
-        RUNNERS_DIR / f"{runner}.py", [path], ["--seed", "0", *args], None, path.name, error_for
+        get_backend(backend).runner, [path], ["--seed", "0", *args], None, path.name, error_for
     )
 
 
@@ -245,20 +247,50 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_harness_imports_only_stdlib_and_numpy():
-    assert _imports(RUNNERS_DIR / "_harness.py") <= set(sys.stdlib_module_names) | {"numpy"}
+    assert _imports(HARNESS) <= set(sys.stdlib_module_names) | {"numpy"}
 
 
 def test_every_registered_backend_has_a_standalone_runner():
-    """A backend joins `edgekit benchmark` by adding runners/<name>.py; the runner imports
-    nothing from edgekit (it is copied to devices)."""
+    """A backend joins `edgekit benchmark` with its own runner file (``backend.runner``), which
+    imports nothing from edgekit (it is copied to devices next to _harness.py)."""
     for name in backend_names():
-        path = RUNNERS_DIR / f"{name}.py"
+        backend = get_backend(name)
+        path = backend.runner
         assert path.is_file(), f"no benchmark runner for backend {name}"
-        module = importlib.import_module(f"edgekit.bench.runners.{name}")
+        module = backend.runner_module
+        assert Path(module.__file__) == path
         for attr in ("RUNTIME", "PIP", "import_runtime", "load", "companion_files"):
-            assert hasattr(module, attr), f"runners/{name}.py lacks {attr}"
-        assert _imports(path) <= ALLOWED_IMPORTS | {name}, path
-        assert get_backend(name).suffix
+            assert hasattr(module, attr), f"{path.name} of {name} lacks {attr}"
+        assert _imports(path) <= ALLOWED_IMPORTS, path
+        assert backend.suffix
+
+
+def test_runners_run_as_scripts_next_to_the_harness(models, tflite_models, tmp_path):
+    """What a device gets: a runner and _harness.py copied into one folder with the artifact,
+    run as a script with nothing of edgekit's folders on the path."""
+    artifacts = {"onnxruntime": models["onnx"], "openvino": models["openvino"]}
+    artifacts["tflite"] = tflite_models["fp32"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    for name in backend_names():
+        backend = get_backend(name)
+        folder = tmp_path / name
+        folder.mkdir()
+        art = artifacts[name]
+        companions = [Path(f) for f in backend.runner_module.companion_files(str(art))]
+        for f in (HARNESS, backend.runner, art, *companions):
+            shutil.copy(f, folder / f.name)
+        done = subprocess.run(
+            [sys.executable, str(folder / backend.runner.name), str(folder / art.name)],
+            input='{"cmd": "exit"}\n',
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+            check=False,
+        )
+        assert done.returncode == 0, (name, done.stderr[-2000:])
+        events = [json.loads(line)["event"] for line in done.stdout.splitlines()]
+        assert events == ["ready", "bye"], (name, done.stdout)
 
 
 # ---------------------------------------------------------------- the flow, through the API
@@ -533,14 +565,14 @@ def test_source_layout_inputs_reach_tflite_transposed(torch_artifacts, torch_cnn
 def test_tflite_without_sidecar_uses_the_map_inside_the_file(torch_artifacts, digits, tmp_path):
     """A .tflite copied on its own: the map edgekit stored in it (read host side by the
     runner module, with LiteRT's schema) equals the sidecar's and edgekit's own reader's."""
-    from edgekit.backends.tflite_session import METADATA_NAME, read_io_map
+    from edgekit.backends.tflite.session import METADATA_NAME, read_io_map
 
     src = torch_artifacts["tflite"]
     alone = tmp_path / src.name
     shutil.copy(src, alone)
     side = json.loads(Path(f"{src}.edgekit.json").read_text())
     art = resolve_artifact(alone)
-    runner = importlib.import_module("edgekit.bench.runners.tflite")
+    runner = get_backend("tflite").runner_module
     assert runner.METADATA_NAME == METADATA_NAME
     assert art.io_map == side["backend_details"]["io_map"] == read_io_map(alone.read_bytes())
     npz = tmp_path / "in.npz"

@@ -18,12 +18,12 @@ import textwrap
 import pytest
 
 import edgekit
-from edgekit.backends import backend_names
+from edgekit.backends import backend_names, get_backend
 from edgekit.bench.devices.adb import AdbDevice, parse_benchmark_model, parse_devices
-from edgekit.bench.harness import RUNNERS_DIR, Artifact
-from edgekit.bench.schema import validate
+from edgekit.bench.harness import Artifact
 from edgekit.cli import main
 from edgekit.errors import ConversionError, DeviceError, UsageError
+from edgekit.schema_check import validate
 
 SERIAL = "R5CT10ABCDE"
 
@@ -162,7 +162,7 @@ def tflite_artifact(tmp_path) -> Artifact:
     path = tmp_path / "model dir" / "net_int8.tflite"
     path.parent.mkdir()
     path.write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(2000))
-    runner = RUNNERS_DIR / "tflite.py"
+    runner = get_backend("tflite").runner
     return Artifact(path, "tflite", "tflite", runner, (path,), "int8")
 
 
@@ -257,7 +257,7 @@ def test_adb_fake_pushes_the_file_a_symlinked_artifact_points_to(fake_adb, tmp_p
     real.write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(100))
     link = tmp_path / "linked.tflite"
     link.symlink_to(real)
-    art = Artifact(link, "tflite", "tflite", RUNNERS_DIR / "tflite.py", (link,), None)
+    art = Artifact(link, "tflite", "tflite", get_backend("tflite").runner, (link,), None)
     device = AdbDevice(f"adb://{SERIAL}")
     try:
         device.measure(art, SETTINGS, None)
@@ -296,7 +296,9 @@ def test_adb_missing_executable(tflite_artifact, monkeypatch, tmp_path):
 
 
 def test_adb_refuses_other_formats_and_input_files(tflite_artifact, tmp_path):
-    onnx_art = Artifact(tmp_path / "m.onnx", "onnxruntime", "onnx", RUNNERS_DIR, (), None)
+    onnx_art = Artifact(
+        tmp_path / "m.onnx", "onnxruntime", "onnx", get_backend("onnxruntime").runner, (), None
+    )
     with pytest.raises(UsageError, match=r"\.tflite files only"):
         AdbDevice(f"adb://{SERIAL}").measure(onnx_art, SETTINGS, None)
     with pytest.raises(UsageError, match="--inputs FILE is not supported"):

@@ -374,9 +374,23 @@ def test_npy_whole_batch_for_batch_two_model(tmp_path):
     np.testing.assert_array_equal(s["x"], batch)
     np.save(tmp_path / "b4.npy", np.ones((4, 3), dtype=np.float32))
     with pytest.raises(
-        DataError, match=r"shape \(4, 3\).*expects \(2, 3\).*\(2, 3\) \(one sample\)$"
+        DataError,
+        match=r"shape \(4, 3\).*expects \(2, 3\).*\(2, 3\) \(one sample\), \(N, 2, 3\) \(N samp",
     ):
         load_samples(tmp_path / "b4.npy", [spec((2, 3))])
+
+
+def test_leading_sample_axis_for_any_input(tmp_path):
+    """An RNN state [2, 1, 128] and a scalar take N samples from (N, *shape), like images."""
+    state = np.random.default_rng(0).standard_normal((5, 2, 1, 8)).astype(np.float32)
+    steps = np.arange(5, dtype=np.int64)
+    np.savez(tmp_path / "rnn.npz", h=state, t=steps)
+    inputs = [spec((2, 1, 8), name="h"), spec((), "int64", name="t")]
+    got = load_samples(tmp_path / "rnn.npz", inputs)
+    assert len(got) == 5
+    for i, feed in enumerate(got):
+        np.testing.assert_array_equal(feed["h"], state[i])
+        assert feed["t"].shape == () and int(feed["t"]) == i
 
 
 def test_npy_bad_shape_lists_both_layouts(tmp_path):
@@ -527,13 +541,12 @@ def test_iterable_missing_input_wrong_item_and_empty():
 
 
 def test_random_samples_are_seeded_and_typed():
-    inputs = [spec((1, 3, 4, 4)), spec((1, 5), "int8", name="ids"), spec((2,), "bool", name="b")]
+    inputs = [spec((1, 3, 4, 4)), spec((1, 5), "int8", name="ids")]
     samples = load_samples("random", inputs)
     assert len(samples) == DEFAULT_RANDOM_SAMPLES
     for s in samples:
         assert s["x"].dtype == np.float32 and s["x"].shape == (1, 3, 4, 4)
         assert s["ids"].dtype == np.int8 and s["ids"].shape == (1, 5)
-        assert s["b"].dtype == np.bool_
     again = load_samples("random", inputs, limit=3, seed=0)
     for a, b in zip(samples[:3], again, strict=True):
         np.testing.assert_array_equal(a["x"], b["x"])
@@ -543,6 +556,14 @@ def test_random_samples_are_seeded_and_typed():
     assert ints.min() < -64 and ints.max() > 63  # spread over the int8 range, not near zero
     floats = np.concatenate([s["x"].ravel() for s in samples])
     assert abs(floats.mean()) < 0.15 and 0.85 < floats.std() < 1.15
+
+
+@pytest.mark.parametrize(
+    "bad", [spec((1, 5), "int64", name="ids"), spec((2,), "bool", name="mask"), spec((), name="t")]
+)
+def test_random_values_are_refused_for_ids_flags_and_scalars(bad):
+    with pytest.raises(DataError, match=rf"input '{bad.name}' is .*--eval-data"):
+        load_samples("random", [spec((1, 3, 4, 4)), bad])
 
 
 # --- the shipped sample set ----------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""OpenVINO backend: every source format exported at every OpenVINO precision and checked
-against the FP32 source run in its own framework on real held-out digits; fp32 really runs
-f32; NNCF options reach the IR; unconvertible models and absent devices give clear errors."""
+"""OpenVINO backend specifics: sizes, the f32 hint against the device default, the compile
+cache; NNCF options reach the IR; unconvertible models and absent devices give clear errors.
+Every source format at every precision against the FP32 source (and fp32 really running f32)
+is the backend contract (tests/test_backend_contract.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import os
 import numpy as np
 import onnx
 import pytest
-from conftest import export_digits, feeds
+from conftest import feeds
 from onnx import TensorProto, helper, numpy_helper
 from onnx_models import conv_model, linear_model, linear_reference
 
@@ -20,10 +21,6 @@ from edgekit.errors import ConversionError, DeviceError, UsageError
 
 ov = pytest.importorskip("openvino")
 from edgekit.backends.openvino import BACKEND  # noqa: E402
-
-PRECISIONS = ["fp32", "fp16", "int8", "int8-weights", "int4-weights"]
-N_CALIB = 64
-N_EVAL = 120
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -37,141 +34,6 @@ def cache_dir(tmp_path_factory):
         os.environ.pop("EDGEKIT_CACHE_DIR", None)
     else:
         os.environ["EDGEKIT_CACHE_DIR"] = before
-
-
-@pytest.fixture(scope="module")
-def pt2_cnn(torch_cnn, tmp_path_factory):
-    import torch
-
-    path = tmp_path_factory.mktemp("pt2") / "digits.pt2"
-    program = torch.export.export(torch_cnn, (torch.zeros(1, 1, 32, 32),))
-    torch.export.save(program, str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
-def savedmodel_cnn(keras_cnn, tmp_path_factory):
-    path = tmp_path_factory.mktemp("savedmodel") / "digits"
-    keras_cnn.export(str(path), verbose=False)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tflite_cnn(keras_cnn, tmp_path_factory):
-    import tensorflow as tf
-
-    path = tmp_path_factory.mktemp("tflite") / "digits.tflite"
-    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(keras_cnn).convert())
-    return path
-
-
-def _torch_ref(model):
-    import torch
-
-    def run(x):
-        with torch.no_grad():
-            return model(torch.from_numpy(x)).numpy()
-
-    return run
-
-
-def _keras_ref(model):
-    return lambda x: np.asarray(model(x, training=False))
-
-
-def _tflite_ref(path):
-    """The .tflite file itself in LiteRT, one picture at a time (its batch size is 1)."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_path=str(path))
-    interp.allocate_tensors()
-    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-
-    def run(x):
-        rows = []
-        for i in range(len(x)):
-            interp.set_tensor(inp["index"], x[i : i + 1])
-            interp.invoke()
-            rows.append(interp.get_tensor(out["index"]).copy())
-        return np.concatenate(rows)
-
-    return run
-
-
-@pytest.fixture(scope="module")
-def sources(torch_cnn, keras_cnn, onnx_cnn, pt2_cnn, savedmodel_cnn, tflite_cnn):
-    """name -> (model given to export, export kwargs, input name, layout, FP32 reference in
-    its own framework)"""
-    torch_args = {"example_inputs": (np.zeros((1, 1, 32, 32), np.float32),)}
-    table = {
-        "onnx": (onnx_cnn, {}, "NCHW", _torch_ref(torch_cnn)),
-        "torch-pt2": (pt2_cnn, {}, "NCHW", _torch_ref(torch_cnn)),
-        "torch-module": (torch_cnn, torch_args, "NCHW", _torch_ref(torch_cnn)),
-        "keras": (keras_cnn, {}, "NHWC", _keras_ref(keras_cnn)),
-        "savedmodel": (savedmodel_cnn, {}, "NHWC", _keras_ref(keras_cnn)),
-        "tflite": (tflite_cnn, {}, "NHWC", _tflite_ref(tflite_cnn)),
-    }
-    return {
-        key: (model, kwargs, _input_name(model, kwargs), layout, ref)
-        for key, (model, kwargs, layout, ref) in table.items()
-    }
-
-
-def _input_name(model, kwargs) -> str:
-    return edgekit.load_model(model, example_inputs=kwargs.get("example_inputs")).inputs[0].name
-
-
-@pytest.mark.parametrize("precision", PRECISIONS)
-@pytest.mark.parametrize(
-    "source", ["onnx", "torch-pt2", "torch-module", "keras", "savedmodel", "tflite"]
-)
-def test_export_matches_fp32_source(source, precision, sources, digits, tmp_path):
-    model, kwargs, name, layout, reference = sources[source]
-    _, _, x_test, y_test = digits
-    report = export_digits(
-        model,
-        "openvino",
-        precision,
-        digits,
-        tmp_path,
-        name,
-        layout,
-        N_CALIB,
-        N_EVAL,
-        **kwargs,
-    )
-    assert report.artifact.suffix == ".xml" and report.artifact.with_suffix(".bin").is_file()
-    sidecar = json.loads(report.sidecar.read_text())
-    assert sidecar["recipe"]["precision"] == precision
-    assert sidecar["source"]["format"] == source.split("-")[0]
-    assert sidecar["artifact"]["files"] == [
-        "digits_" + precision + ".xml",
-        f"digits_{precision}.bin",
-    ]
-
-    # Independent check: run the IR ourselves against the source in its own framework.
-    x = samples.to_input(x_test[:N_EVAL], layout=layout)
-    session = edgekit.load(report.artifact)
-    got = np.concatenate([session.run({name: x[i : i + 1]})[0] for i in range(len(x))])
-    want = reference(x)
-    top1 = np.mean(got.argmax(1) == want.argmax(1))
-    layers = session.info["layer_precisions"]
-    if precision == "fp32":
-        # True f32, not the bf16 this CPU would pick by itself.
-        assert session.info["inference_precision"] == "f32"
-        assert sidecar["runtime"]["inference_precision"] == "f32"
-        assert set(layers) == {"f32"}, layers
-        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
-    else:
-        assert top1 >= 0.97, f"{precision} top-1 agreement {top1:.3f}"
-        assert (
-            samples.accuracy(got, y_test[:N_EVAL]) >= samples.accuracy(want, y_test[:N_EVAL]) - 0.03
-        )
-    if precision == "int8":
-        # The integer kernels really run (u8/i8 Convolution/FullyConnected layers).
-        assert {"u8", "i8"} & set(layers), layers
-    assert report.agreement.samples == N_EVAL
-    assert report.agreement.top1_agreement == pytest.approx(top1, abs=1e-9)
 
 
 def test_sizes_against_fp32(torch_cnn, digits, tmp_path):

@@ -7,6 +7,7 @@ ModelFormatError, which proves the request was refused before the file was read.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,31 @@ def test_a_recipe_object_is_the_starting_point(tmp_path: Path) -> None:
     )
     assert report.recipe.precision == "int8" and report.recipe.per_channel is False
     assert report.recipe.calibration_samples == 8
+
+
+def _linear(tmp_path: Path) -> Path:
+    import numpy as np
+    import onnx
+    from onnx_models import linear_model
+
+    rng = np.random.default_rng(1)
+    w, b = rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal(3).astype(np.float32)
+    path = tmp_path / "lin.onnx"
+    onnx.save(linear_model(w, b, (1, 4)), str(path))
+    return path
+
+
+def test_another_targets_artifact_is_not_replaced_without_force(tmp_path: Path) -> None:
+    """onnxruntime and onnxruntime-novnni name their artifacts alike (lin_fp32.onnx)."""
+    src = _linear(tmp_path)
+    first = edgekit.export(src, "onnxruntime", "fp32", output_dir=tmp_path / "o")
+    before = first.artifact.read_bytes()
+    with pytest.raises(UsageError, match=r"--target onnxruntime export.*--force"):
+        edgekit.export(src, "onnxruntime-novnni", "fp32", output_dir=tmp_path / "o")
+    assert first.artifact.read_bytes() == before
+    again = edgekit.export(src, "onnxruntime", "fp32", output_dir=tmp_path / "o")
+    assert again.target == "onnxruntime"
+    forced = edgekit.export(
+        src, "onnxruntime-novnni", "fp32", output_dir=tmp_path / "o", force=True
+    )
+    assert json.loads(forced.sidecar.read_text())["target"] == "onnxruntime-novnni"

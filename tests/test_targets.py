@@ -46,3 +46,38 @@ def test_profiles_ship_as_package_data():
 
     shipped = {p.name for p in resources.files("edgekit.profiles").iterdir()}
     assert {p.name for p in TARGETS_DIR.glob("*.toml")} <= shipped
+
+
+def test_edge_tpu_checks_follow_the_accelerator_field(tmp_path):
+    """The Edge TPU report is asked for by the profile's ``accelerator``, not by its name: a
+    copy of edgetpu.toml under another name still gets it, an 'edgetpu-like' name without the
+    field (and an Edge TPU description) does not."""
+    import keras
+    import tensorflow as tf
+
+    import edgekit
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    path = tmp_path / "tiny.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    profile = (TARGETS_DIR / "edgetpu.toml").read_text()
+    assert 'accelerator = "edgetpu"' in profile
+    coral = tmp_path / "coral-usb.toml"
+    coral.write_text(profile.replace('name = "edgetpu"', 'name = "coral-usb"'))
+    like = tmp_path / "edgetpu-like.toml"
+    like.write_text('name = "edgetpu-like"\nbackend = "tflite"\ndescription = "like an Edge TPU"\n')
+    assert resolve_target(str(coral)).accelerator == "edgetpu"
+    assert resolve_target(str(like)).accelerator == ""
+
+    def lines(target: Path) -> list[str]:
+        return edgekit.describe(path, target=str(target))["target_report"]["lines"]
+
+    assert any(ln.startswith("Edge TPU:") for ln in lines(coral))
+    assert not any("Edge TPU" in ln for ln in lines(like))
+
+
+def test_accelerator_must_be_a_string(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('backend = "tflite"\naccelerator = 1\n')
+    with pytest.raises(UsageError, match="'accelerator' must be a string"):
+        resolve_target(str(bad))

@@ -1,6 +1,7 @@
-"""TFLite/LiteRT backend: every source at every precision against the FP32 source run in its own
-framework, integer I/O, malformed and crash-inducing files, the ONNX refusal and the Edge TPU
-report. Real converters, quantizer and runtime throughout."""
+"""TFLite/LiteRT backend specifics: PyTorch exports in channels-last, the int16x8 warning,
+integer I/O, malformed and crash-inducing files, the ONNX refusal and the Edge TPU report. Real
+converters, quantizer and runtime throughout. Every source at every precision against the FP32
+source is the backend contract (tests/test_backend_contract.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import json
 import subprocess
 import sys
 
-import h5py
 import numpy as np
 import pytest
 from conftest import export_digits, feeds
@@ -18,7 +18,6 @@ import edgekit
 from edgekit import samples
 from edgekit.errors import ModelFormatError, UsageError
 
-PRECISIONS = ["fp32", "fp16", "int8", "int8-dynamic", "int16x8"]
 N_CALIB = 64
 N_EVAL = 100
 HAS_LITERT_TORCH = importlib.util.find_spec("litert_torch") is not None
@@ -35,161 +34,30 @@ def _torch_ref(model, x: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(x)).numpy()
 
 
-def write_keras2_h5(model, path) -> None:
-    """Write ``model`` (the digits CNN) as Keras 2.x's ``model.save('x.h5')`` did: Keras-2 layer
-    configs (``batch_input_shape``, string dtypes, nested-list ``inbound_nodes``) and weights
-    named ``layer/kernel:0``. tf_keras is not needed to produce or read it."""
-    init = {"kernel_initializer": {"class_name": "GlorotUniform", "config": {"seed": None}}}
-    init["bias_initializer"] = {"class_name": "Zeros", "config": {}}
-    for k in ("kernel", "bias", "activity"):
-        init[f"{k}_regularizer"] = None
-    init.update(kernel_constraint=None, bias_constraint=None)
-    inp = model.layers[0]
-    layers = [
-        {
-            "class_name": "InputLayer",
-            "name": inp.name,
-            "inbound_nodes": [],
-            "config": {
-                "batch_input_shape": [None, 32, 32, 1],
-                "dtype": "float32",
-                "name": inp.name,
-            },
-        }
-    ]
-    prev = inp.name
-    for layer in model.layers[1:]:
-        kind = type(layer).__name__
-        cfg = {"name": layer.name, "trainable": True, "dtype": "float32"}
-        if kind == "Conv2D":
-            cfg.update(
-                filters=layer.filters,
-                kernel_size=list(layer.kernel_size),
-                strides=[1, 1],
-                padding=layer.padding,
-                data_format="channels_last",
-                dilation_rate=[1, 1],
-                groups=1,
-                activation=layer.activation.__name__,
-                use_bias=True,
-                **init,
-            )
-        elif kind == "Dense":
-            cfg.update(
-                units=layer.units, activation=layer.activation.__name__, use_bias=True, **init
-            )
-        elif kind == "MaxPooling2D":
-            cfg.update(pool_size=[2, 2], padding="valid", strides=[2, 2])
-        elif kind == "Flatten":
-            cfg["data_format"] = "channels_last"
-        layers.append(
-            {
-                "class_name": kind,
-                "config": cfg,
-                "name": layer.name,
-                "inbound_nodes": [[[prev, 0, 0, {}]]],
-            }
-        )
-        prev = layer.name
-    config = {
-        "class_name": "Functional",
-        "config": {
-            "name": "model",
-            "layers": layers,
-            "input_layers": [[inp.name, 0, 0]],
-            "output_layers": [[prev, 0, 0]],
-        },
-        "keras_version": "2.15.0",
-        "backend": "tensorflow",
-    }
-    with h5py.File(path, "w") as f:
-        f.attrs["keras_version"] = b"2.15.0"
-        f.attrs["backend"] = b"tensorflow"
-        f.attrs["model_config"] = json.dumps(config).encode()
-        weights = f.create_group("model_weights")
-        weights.attrs["layer_names"] = np.array([la.name.encode() for la in model.layers])
-        weights.attrs["backend"] = b"tensorflow"
-        weights.attrs["keras_version"] = b"2.15.0"
-        for layer in model.layers:
-            group = weights.create_group(layer.name)
-            names = []
-            for kind, value in zip(("kernel", "bias"), layer.get_weights(), strict=False):
-                names.append(f"{layer.name}/{kind}:0".encode())
-                group.create_dataset(f"{layer.name}/{kind}:0", data=value)
-            group.attrs["weight_names"] = np.array(names, dtype="S")
-
-
-@pytest.fixture(scope="module")
-def tf_sources(keras_cnn, tmp_path_factory):
-    """The Keras CNN as an in-memory model, a Keras-2-layout .h5 file and a SavedModel."""
-    folder = tmp_path_factory.mktemp("tf_sources")
-    h5 = folder / "digits_keras2.h5"
-    write_keras2_h5(keras_cnn, h5)
-    saved = folder / "digits_savedmodel"
-    keras_cnn.export(str(saved), verbose=False)
-    return {"keras": keras_cnn, "keras2-h5": h5, "savedmodel": saved}
-
-
 def _export(model, precision, tmp_path, digits, name, layout, **kwargs):
     return export_digits(
         model, "tflite", precision, digits, tmp_path, name, layout, N_CALIB, N_EVAL, **kwargs
     )
 
 
-def _check_against(report, precision, name, x, want):
-    session = edgekit.load(report.artifact, threads=1)
-    got = np.concatenate([session.run({name: x[i : i + 1]})[0] for i in range(len(x))])
-    top1 = float(np.mean(got.argmax(1) == want.argmax(1)))
-    if precision == "fp32":
-        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
-    elif precision == "fp16":
-        np.testing.assert_allclose(got, want, atol=5e-2, rtol=1e-2)
-        assert top1 == 1.0
-    else:
-        assert top1 >= 0.97, f"{precision} top-1 agreement {top1:.3f}"
-        # int8 logits are within a few quantization steps of FP32, not just the same class
-        spread = float(np.ptp(want))
-        assert np.abs(got - want).max() < 0.25 * spread, precision
-    assert report.agreement.samples == N_EVAL
-    assert report.agreement.top1_agreement == pytest.approx(top1, abs=1e-9)
-    return session
+def test_int16x8_warns_it_runs_on_reference_kernels(keras_cnn, digits, tmp_path):
+    report = _export(keras_cnn, "int16x8", tmp_path, digits, "image", "NHWC")
+    assert any("reference kernels" in w for w in report.warnings)
 
 
-@pytest.mark.parametrize("precision", PRECISIONS)
-@pytest.mark.parametrize("source", ["keras", "keras2-h5", "savedmodel"])
-def test_tensorflow_sources_match_fp32(source, precision, tf_sources, keras_cnn, digits, tmp_path):
-    report = _export(tf_sources[source], precision, tmp_path, digits, "image", "NHWC")
-    meta = json.loads(report.sidecar.read_text())
-    assert meta["backend"] == "tflite" and meta["recipe"]["precision"] == precision
-    assert meta["source"]["format"] == ("savedmodel" if source == "savedmodel" else "keras")
-    assert report.artifact.suffix == ".tflite"
-    x = samples.to_input(digits[2][:N_EVAL], layout="NHWC")
-    _check_against(report, precision, "image", x, _keras_ref(keras_cnn, x))
-    if precision == "int16x8":
-        assert any("reference kernels" in w for w in report.warnings)
-
-
-@pytest.mark.skipif(
-    not HAS_LITERT_TORCH,
-    reason="litert-torch is not installed: pip install 'edgekit[torch-tflite]' (in edgekit[all])",
-)
-@pytest.mark.parametrize("precision", PRECISIONS)
-def test_torch_source_matches_fp32(precision, torch_cnn, digits, tmp_path):
-    example = (np.zeros((1, 1, 32, 32), np.float32),)
-    report = _export(
-        torch_cnn, precision, tmp_path, digits, "input", "NCHW", example_inputs=example
+def test_torch_export_is_channels_last_and_takes_either_layout(torch_fp32_tflite, digits):
+    meta = json.loads(
+        torch_fp32_tflite.with_name(torch_fp32_tflite.name + ".edgekit.json").read_text()
     )
-    meta = json.loads(report.sidecar.read_text())
     # Exported channels-last, and the sidecar says so.
     assert meta["inputs"][0]["shape"] == [1, 32, 32, 1]
     layout = meta["backend_details"]["input_layout"]["input"]
     assert layout["layout"] == "NHWC" and layout["source_shape"] == [1, 1, 32, 32]
-    x = samples.to_input(digits[2][:N_EVAL], layout="NCHW")
-    want = _torch_ref(torch_cnn, x)
-    session = _check_against(report, precision, "input", x, want)
     # The same pictures fed in the artifact's own NHWC layout give the same outputs.
-    nhwc = np.transpose(x[:4], (0, 2, 3, 1))
-    for i in range(4):
+    session = edgekit.load(torch_fp32_tflite, threads=1)
+    x = samples.to_input(digits[2][:4], layout="NCHW")
+    nhwc = np.transpose(x, (0, 2, 3, 1))
+    for i in range(len(x)):
         np.testing.assert_array_equal(
             session.run({"input": nhwc[i : i + 1]})[0], session.run({"input": x[i : i + 1]})[0]
         )
@@ -355,7 +223,7 @@ def test_edgetpu_report(keras_cnn, digits, tmp_path):
 
 
 def test_payoff_warning_names_the_faster_precision():
-    from edgekit.backends.tflite_speed import payoff_warning
+    from edgekit.backends.tflite.speed import payoff_warning
 
     assert payoff_warning("int8", {"fp32": 100.0, "int8": 60.0}) is None
     assert payoff_warning("int8", {"fp32": 100.0, "int8": 105.0}) is None  # within noise

@@ -8,6 +8,11 @@ accuracy loop): ``convert`` writes the source's FP32 form in the backend's own f
 folder (which :mod:`edgekit.convert_cache` keeps, keyed by the source's content), and
 ``quantize`` turns that into an artifact at one recipe. What a backend can and cannot do is
 data, :class:`Capabilities`, which the plan stage checks before any model is loaded.
+
+Each backend also names its standalone benchmark runner (``runner``: a script that imports
+only its runtime and numpy, run by :mod:`edgekit.bench` locally or copied to a device next to
+``edgekit/bench/runners/_harness.py``). The backend's session imports from that same file what
+both must agree on, so a benchmark and a session see the same inputs and precision.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Protocol
 
 import numpy as np
@@ -31,7 +37,10 @@ class Session(Protocol):
     outputs: list[TensorSpec]
     info: dict[str, Any]
 
-    def run(self, feeds: Feeds) -> list[np.ndarray]: ...
+    def run(self, feeds: Feeds) -> list[np.ndarray]:
+        """Outputs for ``feeds``; a missing, unknown, misshapen or wrongly typed feed raises
+        DataError (every session checks with :func:`edgekit.backends.feeds.check_feeds`)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,10 @@ class Backend(Protocol):
     suffix: str
     #: the pip extra that installs this backend's runtime
     extra: str
+    #: its standalone benchmark runner (see bench/runners/_harness.py for what it provides)
+    runner: Path
+    #: the same file imported as a module of edgekit (companion_files, PIP, shared helpers)
+    runner_module: ModuleType
 
     def convert(self, source: SourceModel, folder: Path) -> Converted:
         """Write ``source`` in this backend's FP32 format into the empty ``folder``."""

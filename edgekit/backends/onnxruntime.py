@@ -8,6 +8,10 @@ Quantization uses ORT's own tools. Two deliberate departures from ``quantize_sta
   to ORT's calibration cache and hand that cache to ``quantize_static``.
 * QDQ format with uint8 asymmetric activations and int8 per-channel weights: ORT fuses this into
   its u8s8 integer kernels on x86 (VNNI) and ARM. QOperator S8S8 is several times slower on x86.
+
+Sessions take their options, dtype names and I/O specs from the standalone benchmark runner,
+:mod:`edgekit.backends.onnxruntime_runner` (kept a module of its own: it imports nothing of
+edgekit, so it can be copied to a device).
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.backends import onnxruntime_runner as _runner
 from edgekit.backends.base import Capabilities, Converted, ExportOutput, Unsupported, cpu_only
+from edgekit.backends.feeds import check_feeds
 from edgekit.errors import (
     ConversionError,
     EdgekitError,
@@ -64,61 +70,47 @@ class _Reader:
 
 
 class OrtSession:
-    """An ONNX file loaded in ONNX Runtime's CPU execution provider."""
+    """An ONNX file loaded in ONNX Runtime's CPU execution provider, configured as the
+    benchmark runner configures it (:func:`edgekit.backends.onnxruntime_runner.open_session`)."""
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
         import onnxruntime as ort
 
         if not path.is_file():
             raise ModelNotFoundError(f"artifact not found: {path}")
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = threads or 0
-        opts.inter_op_num_threads = 1
-        # Errors come back as exceptions and edgekit reports them on one line; ORT would also
-        # print them, coloured, to stderr first.
-        opts.log_severity_level = 4
         try:
-            self._sess = ort.InferenceSession(
-                str(path), sess_options=opts, providers=["CPUExecutionProvider"]
-            )
+            self._sess = _runner.open_session(ort, str(path), threads)
         except Exception as exc:  # ORT raises its own unrelated exception types
             raise ModelFormatError(
                 f"ONNX Runtime cannot load the model: {_first_line(exc)}; re-export it with "
                 "operators ONNX Runtime implements (a lower opset, or without custom ops)"
             ) from exc
-        self.inputs = [_ort_spec(i) for i in self._sess.get_inputs()]
-        self.outputs = [_ort_spec(o) for o in self._sess.get_outputs()]
+        self.inputs = _specs(self._sess.get_inputs())
+        self.outputs = _specs(self._sess.get_outputs())
         self._out_names = [o.name for o in self.outputs]
         self.info = {
             "runtime": "onnxruntime",
             "version": ort.__version__,
             "provider": "CPUExecutionProvider",
             "threads": threads or 0,
+            "effective_precision": _runner.EFFECTIVE_PRECISION,
         }
 
     def run(self, feeds: Feeds) -> list[np.ndarray]:
+        arrays = check_feeds(feeds, self.inputs)
+        named = {spec.name: x for spec, x in zip(self.inputs, arrays, strict=True)}
         try:
-            return list(self._sess.run(self._out_names, dict(feeds)))
+            return list(self._sess.run(self._out_names, named))
         except Exception as exc:
             raise ConversionError(f"ONNX Runtime failed to run: {_first_line(exc)}") from exc
 
 
-_ORT_TYPES = {
-    "tensor(float)": "float32",
-    "tensor(float16)": "float16",
-    "tensor(double)": "float64",
-    "tensor(int8)": "int8",
-    "tensor(uint8)": "uint8",
-    "tensor(int32)": "int32",
-    "tensor(int64)": "int64",
-    "tensor(bool)": "bool",
-}
-
-
-def _ort_spec(arg: Any) -> TensorSpec:
-    shape = tuple(d if isinstance(d, int) else (d or "?") for d in arg.shape)
-    return TensorSpec(arg.name, _ORT_TYPES.get(arg.type, arg.type), shape)
+def _specs(args: Any) -> list[TensorSpec]:
+    # A dynamic dimension keeps its symbolic name ("N"), or "?" when it has none.
+    return [
+        TensorSpec(name, dtype, tuple("?" if d is None else d for d in dims))
+        for name, dtype, dims in _runner.io_specs(args)
+    ]
 
 
 def _first_line(exc: BaseException) -> str:
@@ -176,6 +168,9 @@ CAPABILITIES = Capabilities(
 
 class OnnxRuntimeBackend:
     name = "onnxruntime"
+    #: the standalone benchmark runner, and the same file as a module (what it shares)
+    runner = Path(_runner.__file__)
+    runner_module = _runner
     capabilities = CAPABILITIES
     precisions = CAPABILITIES.precisions
     source_formats = CAPABILITIES.sources

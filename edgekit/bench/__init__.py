@@ -5,8 +5,9 @@
     print(result.table())           # ratios to the first artifact
     doc = result.to_json()          # schema: edgekit.bench.schema
 
-Modules: ``harness`` (the flow), ``runners/`` (one standalone script per backend, copied to
-devices), ``devices/`` (local, ssh, adb), ``stats``, ``memory``, ``interleave``, ``sysinfo``,
+Modules: ``harness`` (the flow), ``runners/`` (``_harness.py``, the device-side loop that
+each backend's standalone runner, ``backend.runner``, runs with; both are copied to devices),
+``devices/`` (local, ssh, adb), ``stats``, ``memory``, ``interleave``, ``sysinfo``,
 ``schema``.
 """
 

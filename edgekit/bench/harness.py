@@ -1,14 +1,14 @@
 """The benchmark flow: artifacts -> one fresh runner process each on the device -> warm-up ->
 interleaved timed rounds -> statistics, memory, ratios to the first artifact.
 
-The runner for an artifact is ``runners/<backend>.py``, the backend found from the artifact's
-suffix through the backend registry, so a new backend needs only its runner file here.
+The runner for an artifact is its backend's (``backend.runner``, in the backend's package),
+the backend found from the artifact's suffix through the backend registry, so a new backend
+brings its runner with it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -18,7 +18,7 @@ from typing import Any
 
 from edgekit import __version__
 from edgekit.artifact import read_sidecar
-from edgekit.backends import backend_for_artifact
+from edgekit.backends import backend_for_artifact, get_backend
 from edgekit.bench import devices
 from edgekit.bench import inputs as bench_inputs
 from edgekit.bench.devices.process import ErrorFor, RunnerProcess
@@ -39,7 +39,6 @@ from edgekit.errors import (
 )
 from edgekit.progress import progress
 
-RUNNERS_DIR = Path(__file__).resolve().parent / "runners"
 INFERENCE_PRECISIONS = ("match", "auto", "f32", "f16", "bf16")
 _TIMING_KEYS = ("runs", *TIMING_STATS)
 # Runner error kinds -> what edgekit raises (runtime_missing is handled on its own).
@@ -79,14 +78,12 @@ def resolve_artifact(path: str | Path) -> Artifact:
     if not p.is_file():
         raise ModelNotFoundError(f"artifact not found: {p}")
     backend = backend_for_artifact(str(p))
-    runner = RUNNERS_DIR / f"{backend.name}.py"
-    if not runner.is_file():
+    if not backend.runner.is_file():
         raise UsageError(
-            f"{p}: backend '{backend.name}' has no benchmark runner yet "
-            f"(edgekit/bench/runners/{backend.name}.py)"
+            f"{p}: backend '{backend.name}' has no benchmark runner ({backend.runner})"
         )
     sidecar = read_sidecar(p)
-    module = importlib.import_module(f"edgekit.bench.runners.{backend.name}")
+    module = backend.runner_module
     # The runtime needs the companions (an .xml's .bin) whatever a sidecar lists.
     files = [p, *(Path(f) for f in module.companion_files(str(p)))]
     if sidecar:
@@ -99,7 +96,7 @@ def resolve_artifact(path: str | Path) -> Artifact:
     if io_map is None and hasattr(module, "io_map"):
         # Without a sidecar, a runner may read the map the file itself carries (host side).
         io_map = module.io_map(str(p))
-    return Artifact(p, backend.name, backend.extra, runner, tuple(files), precision, io_map)
+    return Artifact(p, backend.name, backend.extra, backend.runner, tuple(files), precision, io_map)
 
 
 def benchmark(
@@ -241,8 +238,7 @@ def _error_for(art: Artifact, label: str, remote: bool, where: str) -> ErrorFor:
         if kind == "runtime_missing":
             if remote:
                 return DeviceError(f"{label}: {message} (on {where}; or pass --remote-python)")
-            module = importlib.import_module(f"edgekit.bench.runners.{art.backend}")
-            return MissingDependencyError(module.PIP, art.extra)
+            return MissingDependencyError(get_backend(art.backend).runner_module.PIP, art.extra)
         return _KINDS.get(kind, ConversionError)(f"{label}: {message}")
 
     return make

@@ -136,43 +136,6 @@ JSON_SCHEMA: dict[str, Any] = {
     },
 }
 
-_TYPES = {
-    "object": dict,
-    "array": list,
-    "string": str,
-    "integer": int,
-    "number": (int, float),
-    "null": type(None),
-}
-
-
-def validate(doc: Any, schema: dict[str, Any] | None = None, where: str = "$") -> list[str]:
-    """Problems with ``doc`` under the subset of JSON Schema used above (type, const, enum,
-    required, properties, items); an empty list when it conforms."""
-    schema = JSON_SCHEMA if schema is None else schema
-    problems: list[str] = []
-    if "const" in schema and doc != schema["const"]:
-        problems.append(f"{where}: expected {schema['const']!r}, got {doc!r}")
-    if "enum" in schema and doc not in schema["enum"]:
-        problems.append(f"{where}: {doc!r} not one of {schema['enum']}")
-    if "type" in schema:
-        kinds = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
-        ok = any(
-            isinstance(doc, _TYPES[k]) and not (k in ("integer", "number") and doc is True)
-            for k in kinds
-        )
-        if not ok:
-            return [*problems, f"{where}: expected {'/'.join(kinds)}, got {type(doc).__name__}"]
-    if isinstance(doc, dict):
-        problems += [f"{where}: missing '{k}'" for k in schema.get("required", []) if k not in doc]
-        for key, sub in schema.get("properties", {}).items():
-            if key in doc:
-                problems += validate(doc[key], sub, f"{where}.{key}")
-    if isinstance(doc, list) and "items" in schema:
-        for i, item in enumerate(doc):
-            problems += validate(item, schema["items"], f"{where}[{i}]")
-    return problems
-
 
 @dataclass
 class BenchmarkResult:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import ModelFormatError, UsageError
+from edgekit.errors import ModelFormatError, UsageError, first_line
 from edgekit.model import Feeds, SourceModel, TensorSpec, fix_shapes
 
 
@@ -94,7 +94,15 @@ def _build(model: Any, overrides: Mapping[str, Sequence[int]]) -> SourceModel:
             opts = ort.SessionOptions()
             # Errors come back as exceptions, reported on one line; ORT would also print them.
             opts.log_severity_level = 4
-            session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+            try:
+                session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+            except Exception as exc:
+                # Not about the inputs: ONNX Runtime refuses the graph itself.
+                raise ModelFormatError(
+                    f"ONNX Runtime cannot load the model: {first_line(exc)}; re-export it with "
+                    "operators ONNX Runtime implements (a higher opset for per-channel int8, or "
+                    "without custom ops)"
+                ) from exc
         return list(session.run(None, dict(feeds)))
 
     def to_onnx(dst: Path) -> None:

@@ -2,12 +2,12 @@
 
 A ``.tflite`` source is read for ``inspect`` and ``benchmark``, and exported by the backends
 that list ``tflite`` in their ``source_formats`` (OpenVINO converts it by path). A file is first
-loaded and run once in a child process (:mod:`edgekit.backends.tflite_validate`): LiteRT can
+loaded and run once in a child process (:mod:`edgekit.backends.tflite.validate`): LiteRT can
 crash on a malformed model, and a crash there is an error message here instead of a dead
 process.
 
 A file edgekit exported carries its source's input/output names and layout (the ``edgekit_io``
-map, :mod:`edgekit.backends.tflite_session`). ``inspect`` shows those names, as edgekit's
+map, :mod:`edgekit.backends.tflite.session`). ``inspect`` shows those names, as edgekit's
 sessions and ``benchmark --inputs`` take them, with the artifact's signature key, tensor name
 and layout beside them; files without a map are named by their signature keys. As a source
 model (e.g. for OpenVINO, whose TFLite frontend keeps tensor names) inputs stay named by tensor,
@@ -32,7 +32,7 @@ def _interpreter(path: Path) -> Any:
     data = path.read_bytes()
     if len(data) < 8 or data[4:8] != b"TFL3":
         raise ModelFormatError(f"{path.name} is not a TFLite flatbuffer (no TFL3 identifier)")
-    from edgekit.backends.tflite_validate import validate
+    from edgekit.backends.tflite.validate import validate
 
     validate(path)
     try:
@@ -56,7 +56,7 @@ def _details_spec(d: Mapping[str, Any]) -> TensorSpec:
 
 
 def _io_map(path: Path) -> dict[str, Any]:
-    from edgekit.backends.tflite_session import read_io_map
+    from edgekit.backends.tflite.session import read_io_map
 
     return read_io_map(path.read_bytes()) or {}
 

@@ -1,5 +1,9 @@
 """This machine: each artifact's runner runs in a fresh subprocess of the current Python.
 
+The runner runs from where it lives (its backend's package) with the harness's folder on
+``PYTHONPATH``, which is how its ``import _harness`` finds it; on a device both are copied
+into one folder instead (``ssh.py``).
+
 ``--device CPU|GPU|NPU|...`` is also local: the name goes to the runner as the runtime's
 accelerator (OpenVINO's device names); runners without such a device say which they have."""
 
@@ -12,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.bench.devices.process import ErrorFor, RunnerProcess
+from edgekit.bench.runners import HARNESS
 from edgekit.errors import ConversionError, EdgekitError, UsageError
 
 
@@ -51,12 +56,14 @@ class LocalDevice:
     ) -> RunnerProcess:
         argv = [self._python, str(runner), str(files[0]), *args]
         argv += ["--inputs", str(inputs) if inputs else "random"]
+        path = [str(HARNESS.parent), *filter(None, [os.environ.get("PYTHONPATH")])]
         return RunnerProcess(
             argv,
             label=label,
             timeout=self._timeout,
             error_for=error_for,
             exit_error=lambda code, err: _exit_error(label, code, err),
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(path)},
         )
 
     def close(self) -> None:

@@ -10,7 +10,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from edgekit.bench.memory import wait_rusage
@@ -24,7 +24,8 @@ class RunnerProcess:
 
     ``error_for(kind, message)`` turns a runner's error event into an edgekit error;
     ``exit_error(returncode, stderr)`` explains a process that ended without one (for ssh: an
-    unreachable host or a refused key); ``cleanup`` runs once the process is gone."""
+    unreachable host or a refused key); ``cleanup`` runs once the process is gone; ``env`` is
+    the child's environment (default: this process's)."""
 
     def __init__(
         self,
@@ -35,6 +36,7 @@ class RunnerProcess:
         error_for: ErrorFor,
         exit_error: Callable[[int, str], EdgekitError],
         cleanup: Callable[[], None] | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.label = label
         self._timeout = timeout
@@ -51,6 +53,7 @@ class RunnerProcess:
                 stderr=self._stderr,
                 text=True,
                 bufsize=1,
+                env=None if env is None else dict(env),
             )
         except OSError as exc:
             self._stderr.close()

@@ -26,6 +26,7 @@ from typing import Any
 
 from edgekit.bench.devices import shown
 from edgekit.bench.devices.process import ErrorFor, RunnerProcess
+from edgekit.bench.runners import HARNESS
 from edgekit.errors import DeviceError, EdgekitError, UsageError
 
 _UNREACHABLE = (
@@ -162,7 +163,9 @@ class SshDevice:
         sub = f"a{self._count}"
         stage = self._stage / sub
         stage.mkdir()
-        for f in [runner.parent / "_harness.py", runner, *files, *([inputs] if inputs else [])]:
+        # The runner lives in its backend's package and the harness in edgekit/bench/runners;
+        # on the device they sit side by side, so that the runner's `import _harness` works.
+        for f in [HARNESS, runner, *files, *([inputs] if inputs else [])]:
             _link(f, stage / f.name)
         self._copy(stage, remote)
         base = f"{remote}/{sub}"

@@ -1,19 +1,24 @@
 """Device side of ``edgekit benchmark``: the timing loop, memory probe and protocol that every
 backend runner shares.
 
-This file and one backend runner (``onnxruntime.py``, ``openvino.py``, ``tflite.py``) are all a
-device needs: they import only the standard library, numpy and that backend's runtime, never
-edgekit, so ``edgekit benchmark --device ssh://...`` can copy them to a board and run them
-there. Locally the very same files run in a fresh subprocess per artifact.
+This file and one backend runner (each backend's ``runner``, in ``edgekit/backends/``:
+``onnxruntime_runner.py``, ``openvino/runner.py``, ``tflite/runner.py``) are all a device needs:
+they import only the standard library, numpy and that backend's runtime, never edgekit, so
+``edgekit benchmark --device ssh://...`` copies the two into one folder on a board and runs the
+runner there. Locally the very same files run in a fresh subprocess per artifact, the runner
+from its backend's package with this file's folder on ``PYTHONPATH``.
 
 A runner module provides::
 
     RUNTIME = "onnxruntime"           # name reported in results
     PIP = "onnxruntime"               # what to install on a device that lacks it
     def import_runtime() -> module    # ImportError if absent
+    def companion_files(path) -> [path]   # host side: other files the runtime reads
     def load(rt, path, options) -> model
-        # model.inputs: [(name, numpy dtype str, [dims, None if dynamic])]
-        # model.set_inputs({name: array}); model.run(); model.info: dict
+        # model.inputs, model.outputs: [(name, numpy dtype str, [dims, None if dynamic])]
+        # model.set_inputs({name: array}); model.run(); model.info: dict (effective_precision,
+        # accelerator, threads, version, ...); model.fetch() -> the last run's outputs (what
+        # edgekit's tests compare with its sessions; the protocol never sends them)
 
 Protocol (one JSON object per line; the parent writes commands on stdin)::
 
@@ -193,6 +198,12 @@ def make_inputs(specs: list, source: str, seed: int) -> dict[str, Any]:
     feeds = {}
     for name, dtype, shape in specs:
         dims = [1 if d is None else int(d) for d in shape]
+        try:
+            np.dtype(dtype)
+        except TypeError:
+            raise RunnerError(
+                "data", f"input '{name}' has type {dtype}, which numpy cannot hold"
+            ) from None
         if source == "random":
             feeds[name] = _random(rng, np.dtype(dtype), dims)
             continue
@@ -271,8 +282,10 @@ def _timed_runs(model, n: int, seconds: float) -> list[float]:
 def main(runner: Any) -> int:
     """Run ``runner`` (a backend runner module) as described in this module's docstring."""
     here = os.path.dirname(os.path.abspath(__file__))
-    # The runner folder holds onnxruntime.py and openvino.py, which would shadow the runtimes.
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+    there = os.path.dirname(os.path.abspath(getattr(runner, "__file__", __file__)))
+    # Neither folder may shadow the runtime: locally the ONNX Runtime runner's folder is
+    # edgekit/backends, which holds onnxruntime.py and the openvino/ package.
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) not in (here, there)]
     channel = _Channel()
     try:
         return _serve(runner, _options(sys.argv[1:]), channel)

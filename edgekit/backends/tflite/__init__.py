@@ -1,12 +1,15 @@
 """TFLite / LiteRT backend: ``.tflite`` artifacts at fp32, fp16, int8-dynamic, int8 and int16x8.
 
 The flow for every source: convert to an FP32 ``.tflite`` (TFLiteConverter for Keras and
-SavedModel, litert-torch for PyTorch; :mod:`~edgekit.backends.tflite_convert`), quantize it
-with ai-edge-quantizer (:mod:`~edgekit.backends.tflite_quantize`), store the source<->artifact
+SavedModel, litert-torch for PyTorch; :mod:`~edgekit.backends.tflite.convert`), quantize it
+with ai-edge-quantizer (:mod:`~edgekit.backends.tflite.quantize`), store the source<->artifact
 I/O map in the file's metadata, check the file in a child process (LiteRT can crash on a bad
-model; :mod:`~edgekit.backends.tflite_validate`), then report what is not integer
-(:mod:`~edgekit.backends.tflite_ops`) and whether quantizing paid off in speed
-(:mod:`~edgekit.backends.tflite_speed`).
+model; :mod:`~edgekit.backends.tflite.validate`), then report what is not integer
+(:mod:`~edgekit.backends.tflite.ops`) and whether quantizing paid off in speed
+(:mod:`~edgekit.backends.tflite.speed`). Sessions and the I/O map's storage are in
+:mod:`~edgekit.backends.tflite.session`; the standalone benchmark runner, and what it shares
+with the sessions (the map's reader, signatures, dtypes, effective precision), in
+:mod:`~edgekit.backends.tflite.runner`.
 
 * ``fp16``: float16 weights, dequantized at load; XNNPACK computes in fp32 on CPUs without
   fp16 arithmetic, so it halves the size, not the latency.
@@ -29,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from edgekit.backends.base import Capabilities, Converted, ExportOutput, Unsupported, cpu_only
-from edgekit.backends.tflite_session import TFLiteSession, write_io_map
+from edgekit.backends.tflite import runner as _runner
+from edgekit.backends.tflite.session import TFLiteSession, write_io_map
 from edgekit.errors import UsageError, require
 from edgekit.model import Feeds, SourceModel
 from edgekit.recipe import NEEDS_CALIBRATION, Recipe
@@ -56,14 +60,9 @@ def _calibration_feeds(
     return out
 
 
-def _is_edgetpu(target: Any) -> bool:
-    text = f"{getattr(target, 'name', '')} {getattr(target, 'description', '')}".lower()
-    return "edgetpu" in text or "edge tpu" in text
-
-
 _PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic", "int16x8")
 CAPABILITIES = Capabilities(
-    # ONNX has no in-environment route; see tflite_convert.
+    # ONNX has no in-environment route; see convert.py.
     sources=("keras", "savedmodel", "torch"),
     precisions=_PRECISIONS,
     unsupported=(
@@ -103,6 +102,9 @@ CAPABILITIES = Capabilities(
 
 class TFLiteBackend:
     name = "tflite"
+    #: the standalone benchmark runner, and the same file as a module (what it shares)
+    runner = Path(_runner.__file__)
+    runner_module = _runner
     capabilities = CAPABILITIES
     precisions = CAPABILITIES.precisions
     source_formats = CAPABILITIES.sources
@@ -123,7 +125,7 @@ class TFLiteBackend:
     def open_session(
         self, path: Path, threads: int | None = None, device: str | None = None
     ) -> TFLiteSession:
-        from edgekit.backends.tflite_validate import validate
+        from edgekit.backends.tflite.validate import validate
 
         self.check_device(device)
         path = Path(path)
@@ -136,7 +138,7 @@ class TFLiteBackend:
         cpu_only("LiteRT (XNNPACK)", device)
 
     def target_report(self, path: Path, target: Any) -> dict[str, Any]:
-        from edgekit.backends.tflite_ops import target_report
+        from edgekit.backends.tflite.ops import target_report
         from edgekit.model import detect_format
 
         if detect_format(Path(path)) != "tflite":
@@ -144,10 +146,12 @@ class TFLiteBackend:
                 f"the {target.name} checks read a .tflite artifact, not {Path(path).name}: "
                 f"export it with --target {target.name} first, then inspect the .tflite"
             )
-        return target_report(Path(path), _is_edgetpu(target))
+        # The target profile says what it runs on (targets/edgetpu.toml: accelerator =
+        # "edgetpu"); a profile's name or description is for people, not for this check.
+        return target_report(Path(path), target.accelerator == "edgetpu")
 
     def convert(self, source: SourceModel, folder: Path) -> Converted:
-        from edgekit.backends.tflite_convert import convert
+        from edgekit.backends.tflite.convert import convert
 
         require("ai_edge_litert.interpreter", "tflite")
         scratch = folder / ".work"
@@ -169,10 +173,10 @@ class TFLiteBackend:
         workdir: Path,
         stem: str,
     ) -> ExportOutput:
-        from edgekit.backends import tflite_ops
-        from edgekit.backends.tflite_convert import Converted as TFLiteModel
-        from edgekit.backends.tflite_quantize import quantize
-        from edgekit.backends.tflite_validate import validate
+        from edgekit.backends.tflite import ops
+        from edgekit.backends.tflite.convert import Converted as TFLiteModel
+        from edgekit.backends.tflite.quantize import quantize
+        from edgekit.backends.tflite.validate import validate
 
         require("ai_edge_litert.interpreter", "tflite")
         converted = TFLiteModel(
@@ -210,7 +214,7 @@ class TFLiteBackend:
         validate(out, fresh=True)
 
         if recipe.precision in ("int8", "int16x8"):
-            report = tflite_ops.analyze(out.read_bytes(), out.name)
+            report = ops.analyze(out.read_bytes(), out.name)
             details["ops"] = report.to_json()
             if not report.integer_only:
                 islands = "; ".join(
@@ -234,8 +238,8 @@ class TFLiteBackend:
         details: dict[str, Any],
         warnings: list[str],
     ) -> None:
-        from edgekit.backends.tflite_quantize import quantize
-        from edgekit.backends.tflite_speed import median_us, payoff_warning
+        from edgekit.backends.tflite.quantize import quantize
+        from edgekit.backends.tflite.speed import median_us, payoff_warning
 
         models = {"fp32": fp32, recipe.precision: quantized}
         figures = median_us(models)

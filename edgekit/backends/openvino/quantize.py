@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.backends.openvino_runtime import load_nncf
+from edgekit.backends.openvino.runtime import load_nncf
 from edgekit.errors import DataError, UsageError
 from edgekit.model import Feeds
 from edgekit.progress import progress

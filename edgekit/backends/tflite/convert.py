@@ -14,7 +14,7 @@ Routes, chosen by the source's format:
   downloads a file at run time, so it cannot live in one environment with edgekit.
 
 Quantization is not done here: every route ends in an FP32 ``.tflite`` that
-:mod:`edgekit.backends.tflite_quantize` quantizes the same way whatever the source.
+:mod:`edgekit.backends.tflite.quantize` quantizes the same way whatever the source.
 """
 
 from __future__ import annotations

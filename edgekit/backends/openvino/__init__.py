@@ -5,11 +5,13 @@ quantization) and ``int8-weights``/``int4-weights`` (NNCF weight compression, ac
 float: meant for MatMul-heavy transformer models).
 
 The flow for every source: convert it through OpenVINO's own frontend to an ``ov.Model`` with
-the source's shapes and I/O names (:mod:`~edgekit.backends.openvino_convert`), compress it with
-NNCF (:mod:`~edgekit.backends.openvino_quantize`), record the precision in the IR and save it.
+the source's shapes and I/O names (:mod:`~edgekit.backends.openvino.convert`), compress it with
+NNCF (:mod:`~edgekit.backends.openvino.quantize`), record the precision in the IR and save it.
 Sessions, the compiled-model cache and device checks live in
-:mod:`~edgekit.backends.openvino_session`; importing openvino/NNCF and their error text in
-:mod:`~edgekit.backends.openvino_runtime`. Choices worth knowing:
+:mod:`~edgekit.backends.openvino.session`; importing openvino/NNCF and their error text in
+:mod:`~edgekit.backends.openvino.runtime`; the standalone benchmark runner, and what it shares
+with the sessions (device matching, compile configuration, effective precision), in
+:mod:`~edgekit.backends.openvino.runner`. Choices worth knowing:
 
 * CPUs with AVX512-BF16 or AMX run a float model in bf16 unless told otherwise, which is not
   what "fp32" promises. Sessions on ``fp32`` artifacts therefore set
@@ -32,9 +34,11 @@ from typing import Any
 import numpy as np
 
 from edgekit.backends.base import Capabilities, Converted, ExportOutput, Unsupported
-from edgekit.backends.openvino_convert import CONVERTERS, ROUTES, convert_source
-from edgekit.backends.openvino_quantize import compress_weights, quantize_int8
-from edgekit.backends.openvino_runtime import (
+from edgekit.backends.openvino import runner as _runner
+from edgekit.backends.openvino.convert import CONVERTERS, ROUTES, convert_source
+from edgekit.backends.openvino.quantize import compress_weights, quantize_int8
+from edgekit.backends.openvino.runner import RT_PRECISION
+from edgekit.backends.openvino.runtime import (
     EXTRA,
     NAME,
     error_text,
@@ -42,7 +46,7 @@ from edgekit.backends.openvino_runtime import (
     openvino_version,
     quiet,
 )
-from edgekit.backends.openvino_session import RT_PRECISION, OvSession, check_device, shared_core
+from edgekit.backends.openvino.session import OvSession, check_device, shared_core
 from edgekit.errors import ConversionError, DataError, DeviceError, ModelFormatError, UsageError
 from edgekit.model import Feeds, SourceModel
 from edgekit.recipe import Recipe
@@ -101,6 +105,9 @@ CAPABILITIES = Capabilities(
 
 class OpenVinoBackend:
     name = NAME
+    #: the standalone benchmark runner, and the same file as a module (what it shares)
+    runner = Path(_runner.__file__)
+    runner_module = _runner
     capabilities = CAPABILITIES
     precisions = CAPABILITIES.precisions
     source_formats = CAPABILITIES.sources

@@ -13,6 +13,10 @@ Session rules:
 * a float feed for an integer-quantized input is quantized with that input's scale/zero point,
   and then integer outputs come back dequantized: float in, float out. Integer feeds get the raw
   integer outputs (what runs on an Edge TPU or microcontroller).
+
+The ``edgekit_io`` reader, the choice of signature and its output order, tensor dtypes and the
+effective precision come from the benchmark runner (:mod:`edgekit.backends.tflite.runner`),
+which cannot import edgekit, so that a benchmark and a session agree on them.
 """
 
 from __future__ import annotations
@@ -25,17 +29,17 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.backends.feeds import check_feeds
+from edgekit.backends.tflite import runner as _runner
+from edgekit.backends.tflite.runner import METADATA_NAME
 from edgekit.errors import (
     ConversionError,
-    DataError,
     ModelFormatError,
     ModelNotFoundError,
     first_line,
     require,
 )
 from edgekit.model import Feeds, TensorSpec
-
-METADATA_NAME = "edgekit_io"
 
 
 def write_io_map(model: bytes, io_map: Mapping[str, Any]) -> bytes:
@@ -60,21 +64,12 @@ def _name(raw: Any) -> str:
 
 def read_io_map(data: bytes) -> dict[str, Any] | None:
     """The ``edgekit_io`` map of a model written by edgekit, else None."""
-    schema = require("ai_edge_litert.schema_py_generated", "tflite")
-    try:
-        model = schema.Model.GetRootAs(data, 0)
-        for i in range(model.MetadataLength()):
-            meta = model.Metadata(i)
-            if _name(meta.Name()) == METADATA_NAME:
-                raw = model.Buffers(meta.Buffer()).DataAsNumpy()
-                return json.loads(bytes(raw).decode())
-    except Exception:  # a foreign or odd file simply has no edgekit map
-        return None
-    return None
+    require("ai_edge_litert.schema_py_generated", "tflite")
+    return _runner.read_io_map(data)
 
 
 def _spec(name: str, detail: Mapping[str, Any]) -> TensorSpec:
-    dtype = np.dtype(detail["dtype"])
+    dtype = np.dtype(_runner.dtype_name(detail))
     quant = detail.get("quantization_parameters") or {}
     scales = np.asarray(quant.get("scales", []), np.float64)
     q = None
@@ -124,15 +119,14 @@ class TFLiteSession:
         except (ValueError, RuntimeError) as exc:
             raise ModelFormatError(f"LiteRT cannot load {path.name}: {first_line(exc)}") from exc
         io_map = read_io_map(data) or {}
-        sigs = self._interp.get_signature_list()
+        key = _runner.signature_key(self._interp.get_signature_list())
         self._runner = None
-        if sigs:
-            key = "serving_default" if "serving_default" in sigs else next(iter(sigs))
+        if key is not None:
             self._runner = self._interp.get_signature_runner(key)
             in_details = self._runner.get_input_details()
             out_details = self._runner.get_output_details()
             in_pairs = _pairs(io_map.get("inputs"), list(in_details))
-            out_pairs = _pairs(io_map.get("outputs"), _natural(list(out_details)))
+            out_pairs = _pairs(io_map.get("outputs"), _runner.natural_order(out_details))
             in_list = [(n, in_details[s]) for n, s in in_pairs]
             out_list = [(n, out_details[s]) for n, s in out_pairs]
             self._in_keys = [s for _, s in in_pairs]
@@ -152,6 +146,7 @@ class TFLiteSession:
             "version": _litert_version(),
             "threads": threads or 0,
             "xnnpack": True,
+            "effective_precision": _runner.effective_precision(self._interp),
         }
         if layouts:
             self.info["input_layout"] = {
@@ -159,28 +154,19 @@ class TFLiteSession:
             }
 
     def run(self, feeds: Feeds) -> list[np.ndarray]:
-        arrays = []
-        float_in = False
-        for spec in self.inputs:
-            if spec.name not in feeds:
-                raise DataError(
-                    f"missing input '{spec.name}'; the model's inputs are "
-                    f"{[s.name for s in self.inputs]}"
-                )
-            x = np.asarray(feeds[spec.name])
+        float_in = []
+
+        def adapt(spec: TensorSpec, x: np.ndarray) -> np.ndarray:
             perm = self._perm.get(spec.name)
             if perm and x.shape != spec.shape and x.ndim == len(perm):
                 # Source-layout (NCHW) feed for an NHWC artifact.
                 x = np.transpose(x, perm)
-            if x.shape != spec.shape:
-                raise DataError(
-                    f"input '{spec.name}' has shape {list(x.shape)}; the model expects "
-                    f"{list(spec.shape)}"
-                )
             if spec.quantization and x.dtype.kind == "f":
+                float_in.append(spec.name)
                 x = quantize(x, spec)
-                float_in = True
-            arrays.append(np.ascontiguousarray(x, dtype=spec.dtype))
+            return x
+
+        arrays = check_feeds(feeds, self.inputs, adapt)
         try:
             if self._runner is not None:
                 got = self._runner(**dict(zip(self._in_keys, arrays, strict=True)))
@@ -202,16 +188,6 @@ def _pairs(entries: Sequence[Mapping[str, Any]] | None, keys: list[str]) -> list
     if entries and sorted(e["signature"] for e in entries) == sorted(keys):
         return [(e["name"], e["signature"]) for e in entries]
     return [(k, k) for k in keys]
-
-
-def _natural(keys: list[str]) -> list[str]:
-    """``output_2`` before ``output_10``: litert-torch numbers outputs, signatures sort them."""
-
-    def key(k: str) -> tuple[str, int]:
-        stem, _, num = k.rpartition("_")
-        return (stem, int(num)) if num.isdigit() else (k, -1)
-
-    return sorted(keys, key=key)
 
 
 def _litert_version() -> str:

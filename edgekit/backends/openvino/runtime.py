@@ -2,8 +2,8 @@
 telemetry, their versions, one-line error text from their exceptions, and a quiet context for
 their console output.
 
-Kept apart from :mod:`edgekit.backends.openvino` so that the conversion, quantization and
-session modules can use it without importing the backend object.
+Kept apart from the package's ``__init__`` (the backend object, which imports the conversion,
+quantization and session modules) so that those modules can use it without an import cycle.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ through a ``tf.function`` with a fixed signature (``convert_model`` does not tak
 path), SavedModel and TFLite files by path. A frontend failure becomes one ConversionError that
 names the operations without a conversion rule and the other backends that take the source.
 
-Quantization is not done here: :mod:`edgekit.backends.openvino_quantize` works on the float
+Quantization is not done here: :mod:`edgekit.backends.openvino.quantize` works on the float
 ``ov.Model`` this module returns, whatever the source.
 """
 
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edgekit.backends.openvino_runtime import (
+from edgekit.backends.openvino.runtime import (
     NAME,
     error_text,
     load_openvino,
