@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from edgekit.backends.feeds import as_array, cast
-from edgekit.errors import DataError, UsageError
+from edgekit.errors import DataError, UsageError, speaks_api
 
 if TYPE_CHECKING:
     from edgekit.model import TensorSpec
@@ -158,6 +158,7 @@ def find_images(folder: str | os.PathLike[str]) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+@speaks_api
 def load_samples(
     source: CalibrationSource,
     inputs: Sequence[TensorSpec],

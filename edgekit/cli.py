@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from edgekit import __version__
-from edgekit.errors import EXIT_CODES, EdgekitError, first_line
+from edgekit.errors import EXIT_CODES, EdgekitError, cli_caller, first_line
 
 _EPILOG = "exit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES.items())
 
@@ -412,7 +412,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return _COMMANDS[args.command](args)
+        with cli_caller():
+            return _COMMANDS[args.command](args)
     except EdgekitError as exc:
         print(f"edgekit: error: {exc}", file=sys.stderr)
         return exc.exit_code

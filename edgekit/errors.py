@@ -20,7 +20,12 @@ traceback), and 130 for Ctrl-C. Backend exceptions are translated at the boundar
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import contextvars
+import functools
+import re
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 
 class EdgekitError(Exception):
@@ -93,3 +98,100 @@ def require(module: str, extra: str) -> Any:
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingDependencyError(module, extra) from exc
+
+
+# --- one message, two spellings -------------------------------------------------------------
+#
+# Messages are written once, naming command-line flags (what most users type). Called from
+# Python, the same message names the API's keyword arguments instead: the public functions
+# rewrite the flags they know on the way out, unless the CLI is the caller.
+
+_FROM_CLI: contextvars.ContextVar[bool] = contextvars.ContextVar("edgekit_cli", default=False)
+#: flags whose API spelling is not the flag with '-' turned into '_'
+_API_NAMES = {
+    "--per-tensor": "per_channel=False",
+    "--symmetric": "activation_symmetric=True",
+    "--asymmetric": "activation_symmetric=False",
+    "--io": "io_dtype",
+    "--input-shape": "input_shapes",
+    "--ssh-option": "ssh_options",
+    "--ssh-config": "ssh_config",
+    "--force": "force=True",
+    "-o": "output_dir",
+}
+#: flags spelled as their keyword argument
+_SAME_NAME = [
+    "--target",
+    "--precision",
+    "--device",
+    "--name",
+    "--calibration",
+    "--calibration-samples",
+    "--calibration-method",
+    "--percentile",
+    "--eval-data",
+    "--eval-samples",
+    "--seed",
+    "--reduce-range",
+    "--keep-float",
+    "--warn-cosine",
+    "--warn-top1",
+    "--layout",
+    "--color",
+    "--scale",
+    "--mean",
+    "--std",
+    "--resize",
+    "--runs",
+    "--warmup",
+    "--duration",
+    "--rounds",
+    "--threads",
+    "--pin",
+    "--inputs",
+    "--inference-precision",
+    "--remote-python",
+    "--benchmark-binary",
+    "--connect-timeout",
+    "--timeout",
+]
+_FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*|-o)(?![\w-])")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def api_spelling(message: str) -> str:
+    """``message`` with each known flag replaced by its keyword argument."""
+
+    def swap(m: re.Match[str]) -> str:
+        flag = m.group(1)
+        if flag in _API_NAMES:
+            return _API_NAMES[flag]
+        return flag[2:].replace("-", "_") if flag in _SAME_NAME else flag
+
+    return _FLAG.sub(swap, message)
+
+
+def speaks_api(fn: F) -> F:
+    """Decorate a public function: its EdgekitErrors name keyword arguments, not flags."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except EdgekitError as exc:
+            if not _FROM_CLI.get() and exc.args and isinstance(exc.args[0], str):
+                exc.args = (api_spelling(exc.args[0]), *exc.args[1:])
+            raise
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def cli_caller() -> Iterator[None]:
+    """While the CLI runs a command, messages keep the flags the user typed."""
+    token = _FROM_CLI.set(True)
+    try:
+        yield
+    finally:
+        _FROM_CLI.reset(token)

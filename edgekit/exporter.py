@@ -26,7 +26,14 @@ from edgekit.artifact import SIDECAR_SCHEMA_VERSION, check_sidecar, sidecar_path
 from edgekit.backends.base import Converted, ExportOutput, is_remote
 from edgekit.calibration import ImageOptions, load_samples, split_samples
 from edgekit.commit import commit, make_workdir, output_folder, remove_stale
-from edgekit.errors import DataError, EdgekitError, ModelFormatError, UsageError, first_line
+from edgekit.errors import (
+    DataError,
+    EdgekitError,
+    ModelFormatError,
+    UsageError,
+    first_line,
+    speaks_api,
+)
 from edgekit.evaluate import Agreement, compare
 from edgekit.model import Feeds, SourceModel, file_digest, load_model
 from edgekit.plan import ExportPlan, plan_export
@@ -179,6 +186,7 @@ def _atomic_json(path: Path, payload: Mapping[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+@speaks_api
 def export(
     model: Any,
     target: str = "onnxruntime",

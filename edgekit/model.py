@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import ModelFormatError, ModelNotFoundError, UsageError
+from edgekit.errors import ModelFormatError, ModelNotFoundError, UsageError, speaks_api
 
 Feeds = Mapping[str, np.ndarray]
 
@@ -272,6 +272,7 @@ def object_format(obj: Any) -> str:
     )
 
 
+@speaks_api
 def load_model(
     model: str | Path | Any,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
@@ -290,6 +291,7 @@ def load_model(
     return _intake(fmt).from_object(model, overrides, example_inputs)
 
 
+@speaks_api
 def describe(path: str | Path, target: str | None = None) -> dict[str, Any]:
     """What `edgekit inspect` shows: format, I/O, parameter count, size, op histogram.
 

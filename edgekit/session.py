@@ -6,9 +6,10 @@ from pathlib import Path
 
 from edgekit.backends import backend_for_artifact
 from edgekit.backends.base import Session
-from edgekit.errors import ModelNotFoundError
+from edgekit.errors import ModelNotFoundError, speaks_api
 
 
+@speaks_api
 def load(path: str | Path, threads: int | None = None, device: str | None = None) -> Session:
     """Load an exported artifact with the backend its file suffix belongs to."""
     p = Path(path)

@@ -301,7 +301,7 @@ def test_adb_refuses_other_formats_and_input_files(tflite_artifact, tmp_path):
     )
     with pytest.raises(UsageError, match=r"\.tflite files only"):
         AdbDevice(f"adb://{SERIAL}").measure(onnx_art, SETTINGS, None)
-    with pytest.raises(UsageError, match="--inputs FILE is not supported"):
+    with pytest.raises(UsageError, match="inputs FILE is not supported"):
         AdbDevice(f"adb://{SERIAL}").measure(tflite_artifact, SETTINGS, tmp_path / "x.npz")
 
 

@@ -79,7 +79,7 @@ def test_infer_layout(shape, layout):
 
 
 def test_infer_layout_ambiguous_asks_for_layout_flag():
-    with pytest.raises(DataError, match="--layout"):
+    with pytest.raises(DataError, match="layout"):
         infer_layout((1, 5, 5, 5))
     with pytest.raises(DataError, match=r"rank 4.*\(1, 28, 28\)"):
         infer_layout((1, 28, 28))
@@ -215,7 +215,7 @@ def test_preprocess_toml_bad_value_and_bad_syntax(rgb_dir):
     [("layout", "CHW"), ("color", "rgba"), ("scale", 0), ("std", (1.0, 0.0)), ("resize", "box")],
 )
 def test_bad_image_option_is_usage_error_naming_the_flag(field, value):
-    with pytest.raises(UsageError, match=f"--{field}"):
+    with pytest.raises(UsageError, match=f"{field}"):
         ImageOptions(**{field: value})
 
 
@@ -268,11 +268,11 @@ def test_hidden_files_are_skipped_and_order_is_sorted(tmp_path):
 @pytest.mark.parametrize(
     ("inputs", "match"),
     [
-        ([spec((2, 3, 2, 2))], "batch size 2.*--input-shape x=1x3x2x2"),
+        ([spec((2, 3, 2, 2))], "batch size 2.*input_shapes x=1x3x2x2"),
         ([spec((1, 3, 2, 2)), spec((1, 4), name="m")], "inputs x, m.*npz"),
         ([spec((1, 12))], r"\(1, 12\), not an image"),
         ([spec((1, 3, 2, 2), "int32")], "int32.*float, uint8 or int8"),
-        ([spec(("N", 3, 2, 2))], "dynamic shape.*--input-shape x=Nx3x2x2"),
+        ([spec(("N", 3, 2, 2))], "dynamic shape.*input_shapes x=Nx3x2x2"),
     ],
 )
 def test_image_folder_model_mismatch(rgb_dir, inputs, match):
@@ -283,7 +283,7 @@ def test_image_folder_model_mismatch(rgb_dir, inputs, match):
 def test_color_layout_and_mean_must_fit_channels(rgb_dir):
     with pytest.raises(DataError, match=r"\(1, 4, 2, 2\) read as NCHW has 4 channels"):
         load_samples(rgb_dir, [spec((1, 4, 2, 2))], image_options=ImageOptions(layout="nchw"))
-    with pytest.raises(DataError, match=r"color 'gray' gives 1 channel.*--color rgb or bgr"):
+    with pytest.raises(DataError, match=r"color 'gray' gives 1 channel.*color rgb or bgr"):
         load_samples(rgb_dir, [spec((1, 3, 2, 2))], image_options=ImageOptions(color="gray"))
     with pytest.raises(DataError, match=r"mean has 2 values.*3 channel"):
         load_samples(rgb_dir, [spec((1, 3, 2, 2))], image_options=ImageOptions(mean=(0.1, 0.2)))
@@ -321,7 +321,7 @@ def test_folder_sampling_decodes_only_the_chosen_images(tmp_path):
 
 @pytest.mark.parametrize("limit", [0, -1, 2.5, True])
 def test_bad_limit(rgb_dir, limit):
-    with pytest.raises(UsageError, match="--calibration-samples"):
+    with pytest.raises(UsageError, match="calibration_samples"):
         load_samples(rgb_dir, [spec((1, 3, 2, 2))], limit=limit)
 
 
@@ -477,7 +477,7 @@ def test_unreadable_and_unsupported_files(tmp_path):
 
 def test_image_options_refused_for_arrays(tmp_path):
     np.save(tmp_path / "a.npy", np.zeros((1, 2), dtype=np.float32))
-    with pytest.raises(UsageError, match=r"\(--mean\) apply only to image folders"):
+    with pytest.raises(UsageError, match=r"\(mean\) apply only to image folders"):
         load_samples(tmp_path / "a.npy", [spec((1, 2))], image_options=ImageOptions(mean=(0.5,)))
     # Unset options are not "given": the CLI may always pass an ImageOptions.
     assert len(load_samples(tmp_path / "a.npy", [spec((1, 2))], image_options=ImageOptions())) == 1
@@ -562,7 +562,7 @@ def test_random_samples_are_seeded_and_typed():
     "bad", [spec((1, 5), "int64", name="ids"), spec((2,), "bool", name="mask"), spec((), name="t")]
 )
 def test_random_values_are_refused_for_ids_flags_and_scalars(bad):
-    with pytest.raises(DataError, match=rf"input '{bad.name}' is .*--eval-data"):
+    with pytest.raises(DataError, match=rf"input '{bad.name}' is .*eval_data"):
         load_samples("random", [spec((1, 3, 4, 4)), bad])
 
 

@@ -123,7 +123,7 @@ def test_fake_adb_is_reached_by_a_valid_spec(fake_clients):
     "opt", ["-oProxyCommand=touch /tmp/x", "Port=22\nProxyCommand touch /tmp/x", "Port=22\r"]
 )
 def test_fake_ssh_never_starts_for_a_refused_ssh_option(opt, fake_clients, onnx_file):
-    with pytest.raises(UsageError, match="--ssh-option"):
+    with pytest.raises(UsageError, match="ssh_options"):
         edgekit.benchmark(onnx_file, device="ssh://pi@192.0.2.1", ssh_options=[opt])
     assert not fake_clients.exists()
 

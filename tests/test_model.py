@@ -63,7 +63,7 @@ def test_detect_format(tmp_path):
 def test_onnx_dynamic_dims_fixed_and_run(tmp_path):
     path = tmp_path / "lin.onnx"
     onnx.save(linear_model(W, B, ("N", "F")), str(path))
-    with pytest.raises(ModelFormatError, match="--input-shape"):
+    with pytest.raises(ModelFormatError, match="input_shapes"):
         load_model(path)
     source = load_model(path, {"x": (5, 4)})
     assert source.inputs[0].shape == (5, 4)

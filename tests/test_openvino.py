@@ -178,15 +178,15 @@ def test_keep_float_leaves_the_node_unquantized(conv_path, conv_calib, tmp_path)
     kept = edgekit.export(conv_path, "openvino", "int8", name="k", keep_float=("conv",), **common)
     assert len(_weight_scales(quantized.artifact)) == 1
     assert _weight_scales(kept.artifact) == []
-    with pytest.raises(UsageError, match=r"--keep-float nope: no such node.*conv"):
+    with pytest.raises(UsageError, match=r"keep_float nope: no such node.*conv"):
         edgekit.export(conv_path, "openvino", "int8", keep_float=("nope",), **common)
 
 
 @pytest.mark.parametrize(
     ("fields", "match"),
     [
-        ({"calibration_method": "entropy"}, "--calibration-method entropy"),
-        ({"io_dtype": "int8"}, "--io int8"),
+        ({"calibration_method": "entropy"}, "calibration_method entropy"),
+        ({"io_dtype": "int8"}, "io_dtype int8"),
     ],
 )
 def test_flags_nncf_cannot_honour_are_errors(fields, match, conv_path, conv_calib, tmp_path):
@@ -198,7 +198,7 @@ def test_flags_nncf_cannot_honour_are_errors(fields, match, conv_path, conv_cali
 
 
 def test_per_tensor_weight_compression_is_refused(conv_path, tmp_path):
-    with pytest.raises(UsageError, match="--per-tensor is not available with int8-weights"):
+    with pytest.raises(UsageError, match="per_channel=False is not available with int8-weights"):
         edgekit.export(
             conv_path, "openvino", "int8-weights", output_dir=tmp_path, per_channel=False
         )
@@ -386,7 +386,7 @@ def test_unconvertible_onnx_names_the_op_and_a_backend_that_takes_it(tmp_path):
     path = tmp_path / "det.onnx"
     onnx.save(_det_in_if_branch(), str(path))
     out = tmp_path / "out"
-    with pytest.raises(ConversionError, match=r"operation Det\b.*--target onnxruntime"):
+    with pytest.raises(ConversionError, match=r"operation Det\b.*target onnxruntime"):
         edgekit.export(path, "openvino", "fp32", output_dir=out, eval_samples=2)
     assert not out.exists(), "a failed export must leave nothing behind"
     # The suggestion holds: ONNX Runtime exports the same model and matches numpy.

@@ -163,17 +163,17 @@ def test_corrupt_and_random_tflite(fp32_keras_tflite, tmp_path):
 
 
 def test_onnx_source_fails_at_once_naming_the_routes(onnx_cnn, tmp_path):
-    with pytest.raises(UsageError, match="--target onnxruntime, --target openvino"):
+    with pytest.raises(UsageError, match="target onnxruntime, target openvino"):
         edgekit.export(onnx_cnn, "tflite", "fp32", output_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists()  # refused before anything is written
 
 
 def test_flags_tflite_cannot_honour(keras_cnn, digits, tmp_path):
     cases = [
-        ({"precision": "int8", "reduce_range": True}, "--reduce-range"),
-        ({"precision": "int8", "calibration_method": "entropy"}, "--calibration-method entropy"),
-        ({"precision": "fp16", "io_dtype": "int8"}, "--io int8"),
-        ({"precision": "int8", "keep_float": ("no_such_layer",)}, "--keep-float"),
+        ({"precision": "int8", "reduce_range": True}, "reduce_range"),
+        ({"precision": "int8", "calibration_method": "entropy"}, "calibration_method entropy"),
+        ({"precision": "fp16", "io_dtype": "int8"}, "io_dtype int8"),
+        ({"precision": "int8", "keep_float": ("no_such_layer",)}, "keep_float"),
     ]
     x_train = digits[0]
     for kwargs, flag in cases:

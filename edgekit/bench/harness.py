@@ -36,6 +36,7 @@ from edgekit.errors import (
     ModelFormatError,
     ModelNotFoundError,
     UsageError,
+    speaks_api,
 )
 from edgekit.progress import progress
 
@@ -99,6 +100,7 @@ def resolve_artifact(path: str | Path) -> Artifact:
     return Artifact(p, backend.name, backend.extra, backend.runner, tuple(files), precision, io_map)
 
 
+@speaks_api
 def benchmark(
     artifacts: str | Path | Sequence[str | Path],
     *,
