@@ -18,8 +18,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from digits_artifacts import ROOT, accuracy, export_all, prepare
 
-from edgekit import samples
+from edgekit import progress, samples
 from edgekit.backends import backend_names
+
+# The demo prints one table of its own; the exports' stage lines would cut through it.
+progress.QUIET = True
 
 # target -> precisions shown; int16x8 (TFLite reference kernels, ~100x slower) is left out.
 ROWS = {
