@@ -155,3 +155,59 @@ def test_int8_dynamic_warns_on_conv_heavy_graph(onnx_cnn, tmp_path):
     ops = {n.op_type for n in onnx.load(str(report.artifact)).graph.node}
     assert "ConvInteger" not in ops and "Conv" in ops
     assert ops & {"MatMulInteger", "DynamicQuantizeLinear"}
+
+
+def _opset11_conv(path):
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(11)
+    w = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])],
+        initializer=[numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = 6
+    onnx.save(model, str(path))
+    return path
+
+
+def test_opset11_model_gets_per_channel_int8_by_lifting_to_opset13(tmp_path):
+    """Per-channel DequantizeLinear needs opset 13: ORT used to write it into the opset-11
+    graph, which it then refused to load (INVALID_GRAPH)."""
+    import onnxruntime as ort
+
+    src = _opset11_conv(tmp_path / "old.onnx")
+    rng = np.random.default_rng(0)
+    calib = [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(24)]
+    report = edgekit.export(
+        src, "onnxruntime", "int8", output_dir=tmp_path / "o", calibration=calib
+    )
+    q = onnx.load(str(report.artifact))
+    assert next(o.version for o in q.opset_import if o.domain == "") >= 13
+    axes = [a.i for n in q.graph.node if n.op_type == "DequantizeLinear" for a in n.attribute]
+    assert axes, "no per-channel DequantizeLinear"
+    assert any("lifted to opset 13" in w for w in report.warnings)
+    # Independent check: ONNX Runtime itself loads the artifact and it follows the source.
+    x = calib[0]["x"]
+    want = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    got = ort.InferenceSession(str(report.artifact), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x}
+    )
+    cos = float(np.dot(want[0].ravel(), got[0].ravel())) / (
+        np.linalg.norm(want[0]) * np.linalg.norm(got[0])
+    )
+    assert cos > 0.99
+    # Per-tensor needs no axis: the graph keeps its opset.
+    flat = edgekit.export(
+        src, "onnxruntime", "int8", output_dir=tmp_path / "p", calibration=calib, per_channel=False
+    )
+    assert (
+        next(o.version for o in onnx.load(str(flat.artifact)).opset_import if o.domain == "") == 11
+    )

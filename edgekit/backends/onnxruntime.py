@@ -221,9 +221,13 @@ class OnnxRuntimeBackend:
                     "(1.0-1.16x fp32 latency in tools/bench_ort.py); for CPU speed use int8"
                 )
             elif recipe.precision == "int8":
-                details = self._int8_static(fp32, out, recipe, calibration, workdir)
+                src, note = _opset_for_per_channel(fp32, recipe, workdir)
+                advice += note
+                details = self._int8_static(src, out, recipe, calibration, workdir)
             else:  # int8-dynamic; Recipe.validate has already rejected anything else
-                advice += self._int8_dynamic(fp32, out, recipe)
+                src, note = _opset_for_per_channel(fp32, recipe, workdir)
+                advice += note
+                advice += self._int8_dynamic(src, out, recipe)
         except EdgekitError:
             raise
         except Exception as exc:
@@ -353,6 +357,65 @@ class OnnxRuntimeBackend:
                 nodes_to_exclude=list(recipe.keep_float),
             )
         return advice
+
+
+# Per-channel DequantizeLinear (its ``axis`` attribute) exists from opset 13 on.
+_PER_CHANNEL_OPSET = 13
+
+
+def _opset_for_per_channel(src: Path, recipe: Recipe, workdir: Path) -> tuple[Path, list[str]]:
+    """Per-channel int8 of an opset 11/12 model (PaddleOCR and ddddocr exports, say) writes
+    DequantizeLinear with ``axis``, which ONNX Runtime then refuses as an invalid graph: lift
+    the graph to opset 13 first with ONNX's own version converter, and check that it still
+    computes the same thing on a random input before using it."""
+    import onnx
+    from onnx import version_converter
+
+    model = onnx.load(str(src))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if not recipe.per_channel or opset is None or opset >= _PER_CHANNEL_OPSET:
+        return src, []
+    try:
+        # No onnx.checker here: real exports often fail it (ddddocr declares an output without
+        # a shape) while running fine; ONNX Runtime running both graphs below is the check.
+        upgraded = version_converter.convert_version(model, _PER_CHANNEL_OPSET)
+    except Exception as exc:
+        raise ConversionError(
+            f"per-channel int8 needs opset {_PER_CHANNEL_OPSET} and ONNX's version converter "
+            f"could not lift this opset-{opset} model ({_first_line(exc)}); re-export it at "
+            f"opset {_PER_CHANNEL_OPSET} or later, or pass --per-tensor"
+        ) from exc
+    lifted = workdir / "opset13.onnx"
+    onnx.save(upgraded, str(lifted))
+    if not _same_outputs(src, lifted):
+        raise ConversionError(
+            f"lifting this opset-{opset} model to opset {_PER_CHANNEL_OPSET} for per-channel "
+            "int8 changed its outputs; re-export it at opset 13 or later, or pass --per-tensor"
+        )
+    return lifted, [
+        f"the source is opset {opset}; per-channel int8 needs opset {_PER_CHANNEL_OPSET}, so "
+        f"the graph was lifted to opset {_PER_CHANNEL_OPSET} (outputs checked unchanged)"
+    ]
+
+
+def _same_outputs(a: Path, b: Path) -> bool:
+    import onnxruntime as ort
+
+    sa = ort.InferenceSession(str(a), providers=["CPUExecutionProvider"])
+    sb = ort.InferenceSession(str(b), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for arg in sa.get_inputs():
+        shape = [d if isinstance(d, int) else 1 for d in arg.shape]
+        kind = str(arg.type)
+        if "float" not in kind:
+            return True  # no neutral random input for ids or flags: the checker's word stands
+        feeds[arg.name] = rng.standard_normal(shape).astype(np.float32)
+    out_a, out_b = sa.run(None, feeds), sb.run(None, feeds)
+    return all(
+        np.allclose(x, y, rtol=1e-4, atol=1e-5 * (np.abs(x).max() + 1))
+        for x, y in zip(out_a, out_b, strict=True)
+    )
 
 
 def _restore_fp32_weights(half: Any, original: Any) -> None:
