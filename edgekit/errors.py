@@ -81,6 +81,7 @@ EXIT_CODES: dict[int, str] = {
     7: "the backend failed to convert, quantize or run the model",
     8: "device absent or unreachable",
     130: "interrupted (Ctrl-C)",
+    141: "the reader of the output went away (e.g. | head); nothing is wrong with the model",
 }
 
 

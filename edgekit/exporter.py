@@ -228,11 +228,12 @@ def export(
     stage(f"loading {model if isinstance(model, str | Path) else type(model).__name__}")
     source = load_model(model, input_shapes, example_inputs)
     calib, held, eval_desc = _data(source, plan.recipes, calibration, eval_data, image_options)
-    # Fail before any conversion work if the source itself cannot run.
-    for feeds in (held or calib)[:1]:
-        _reference(source, feeds, random="random" in eval_desc)
     random_eval = "random" in eval_desc
+    # The FP32 reference runs before any conversion work, so a source that cannot run fails
+    # first; without held-out samples one calibration sample stands in for that check.
     reference = [_reference(source, f, random_eval) for f in progress(held, desc="reference")]
+    for feeds in [] if held else calib[:1]:
+        _reference(source, feeds, random_eval)
     out_dir = plan.output_dir
     try:
         with output_folder(out_dir):

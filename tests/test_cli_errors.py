@@ -563,3 +563,24 @@ def test_inspect_counts_parameters_and_ops(tmp_path: Path) -> None:
     assert info["ops"] == {"Conv": 2, "Relu": 2, "GlobalAveragePool": 1}
     assert info["ops"] == dict(Counter(n.op_type for n in nodes))
     assert info["inputs"] == [{"name": "x", "dtype": "float32", "shape": list(INPUT_SHAPE)}]
+
+
+def test_closed_output_pipe_is_not_an_internal_error(tmp_path: Path) -> None:
+    """`edgekit inspect m.onnx | head` closes the pipe while edgekit still writes."""
+    valid_onnx(tmp_path)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before edgekit writes a byte
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "edgekit", "inspect", "model.onnx", "--json"],
+            cwd=tmp_path,
+            env=_env(),
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert result.returncode == 141, result.stderr
+    assert result.stderr == ""

@@ -371,9 +371,11 @@ def _opset_for_per_channel(src: Path, recipe: Recipe, workdir: Path) -> tuple[Pa
     import onnx
     from onnx import version_converter
 
+    if not recipe.per_channel:
+        return src, []
     model = onnx.load(str(src))
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-    if not recipe.per_channel or opset is None or opset >= _PER_CHANNEL_OPSET:
+    if opset is None or opset >= _PER_CHANNEL_OPSET:
         return src, []
     try:
         # No onnx.checker here: real exports often fail it (ddddocr declares an output without
