@@ -387,7 +387,7 @@ def _commit(
         "agreement": {**agreement.to_json(), "inputs": eval_desc},
         "runtime": session.info,
         "warnings": warnings,
-        "notes": source.notes,
+        "notes": [*source.notes, *result.notes],
     }
     problems = check_sidecar(payload)
     if problems:  # a bug in this function, not the user's: say where
@@ -408,5 +408,5 @@ def _commit(
         eval_inputs=eval_desc,
         seconds=0.0,
         warnings=warnings,
-        notes=[*source.notes, convert_cache.describe_hit(how)],
+        notes=[*source.notes, *result.notes, convert_cache.describe_hit(how)],
     )

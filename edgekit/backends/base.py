@@ -102,6 +102,8 @@ class ExportOutput:
     files: list[Path]
     details: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: what the backend chose and why (scheme for this CPU, calibration memory), not a problem
+    notes: list[str] = field(default_factory=list)
 
 
 class Backend(Protocol):
