@@ -97,6 +97,25 @@ SIDECAR_JSON_SCHEMA: dict[str, Any] = {
             "required": ["cache_key", "how"],
             "properties": {"cache_key": {"type": _STR}, "how": {"type": "string"}},
         },
+        # optional: sidecars written before the prepare stage have none
+        "preparation": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["step", "kept"],
+                "properties": {
+                    "step": {"type": "string"},
+                    # a boolean, spelled as an enum for edgekit's small schema checker
+                    "kept": {"enum": [True, False]},
+                    "reason": {"type": "string"},
+                    "changes": {"type": "object"},
+                    "nodes_before": {"type": "integer", "minimum": 0},
+                    "nodes_after": {"type": "integer", "minimum": 0},
+                    "max_deviation": {"type": ["number", "null"]},
+                    "max_deviation_from_source": {"type": ["number", "null"]},
+                },
+            },
+        },
         "backend_details": {
             "type": "object",
             "properties": {"io_map": {"type": ["object", "null"]}},

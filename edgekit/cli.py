@@ -116,7 +116,15 @@ def _parser() -> argparse.ArgumentParser:
         "--input-shape",
         action="append",
         metavar="NAME=DIMS",
-        help="fix a dynamic input, e.g. input=1x3x224x224 (repeatable)",
+        help="fix a dynamic input, e.g. input=1x3x224x224 (repeatable); with --dynamic, the "
+        "shape calibration and checks use",
+    )
+    data.add_argument(
+        "--dynamic",
+        action="append",
+        metavar="NAME",
+        help="keep this ONNX input's dynamic dimensions in the artifact (ONNX Runtime, "
+        "OpenVINO; repeatable)",
     )
     img = exp.add_argument_group("image preprocessing (image-folder data)")
     img.add_argument("--layout", choices=("NCHW", "NHWC"))
@@ -264,6 +272,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         name=args.name,
         device=args.device,
         force=args.force,
+        dynamic=args.dynamic,
         **_recipe_fields(args),
     )
     if not isinstance(reports, list):
@@ -325,6 +334,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     print(f"{info['path']}: {info['format']}, {_mib(info['size_bytes'])}")
     params = info.get("parameters")
     print(f"parameters: {'unknown' if params is None else f'{params:,}'}")
+    numerics = (info.get("numerics") or {}).get("summary")
+    if numerics:
+        print(numerics)
     for kind in ("inputs", "outputs"):
         print(f"{kind}:")
         for spec in info.get(kind, []):

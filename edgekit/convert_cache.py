@@ -41,7 +41,7 @@ _FRAMEWORKS = {
     "torch": ("torch", "onnxscript", "onnx"),
     "keras": ("tensorflow-cpu", "keras", "tf2onnx", "onnx"),
     "savedmodel": ("tensorflow-cpu", "tf2onnx", "onnx"),
-    "onnx": ("onnx",),
+    "onnx": ("onnx", "onnxslim"),
     "tflite": ("ai-edge-litert",),
 }
 
@@ -73,6 +73,13 @@ def cache_key(backend: Backend, source: SourceModel) -> str | None:
         "inputs": [s.to_json() for s in source.inputs],
         "outputs": [s.to_json() for s in source.outputs],
     }
+    prepared = [r["sha256"] for r in source.preparation if r.get("kept") and r.get("sha256")]
+    if prepared:
+        # The backend converts the prepared graph: an entry made from the unprepared one (or
+        # from another set of kept steps) must not be reused. Unprepared keys stay as they were.
+        payload["prepared"] = prepared
+    if source.dynamic:  # the same file converted with dims kept dynamic is another graph
+        payload["dynamic"] = [s.to_json() for s in source.dynamic]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 

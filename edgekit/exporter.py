@@ -37,6 +37,7 @@ from edgekit.errors import (
 from edgekit.evaluate import Agreement, compare
 from edgekit.model import Feeds, SourceModel, file_digest, load_model
 from edgekit.plan import ExportPlan, plan_export
+from edgekit.prepare import prepare
 from edgekit.progress import progress, stage
 from edgekit.recipe import Recipe
 
@@ -202,6 +203,7 @@ def export(
     device: str | None = None,
     recipe: Recipe | None = None,
     force: bool = False,
+    dynamic: Sequence[str] | None = None,
     **recipe_fields: Any,
 ) -> ExportReport | list[ExportReport]:
     """Export ``model`` for ``target`` at ``precision`` and compare it with the FP32 source.
@@ -215,18 +217,31 @@ def export(
     ``calibration``/``eval_data`` are an image folder, a .npy/.npz path, an iterable of feed
     dicts, or ``"random"``. ``device`` is where the exported artifact is checked (a local
     accelerator such as OpenVINO's ``GPU``; default: the target's). ``force`` replaces an
-    artifact of the same name that another target exported.
+    artifact of the same name that another target exported. ``dynamic`` names ONNX inputs
+    whose dynamic dimensions the artifact keeps (ONNX Runtime, OpenVINO); calibration and the
+    checks run at the shapes ``input_shapes`` gives (a lone batch dimension defaults to 1).
     """
     started = time.perf_counter()
     many = not isinstance(precision, str | None)
     precisions = list(precision) if many else [precision]  # type: ignore[arg-type]
     if not precisions:
         raise UsageError("precision: give at least one")
+    if isinstance(dynamic, str):
+        dynamic = [dynamic]
     plan = plan_export(
-        model, target, precisions, output_dir, name, device, recipe, recipe_fields, force
+        model,
+        target,
+        precisions,
+        output_dir,
+        name,
+        device,
+        recipe,
+        recipe_fields,
+        force,
+        dynamic=tuple(dynamic or ()),
     )
     stage(f"loading {model if isinstance(model, str | Path) else type(model).__name__}")
-    source = load_model(model, input_shapes, example_inputs)
+    source = load_model(model, input_shapes, example_inputs, plan.dynamic)
     calib, held, eval_desc = _data(source, plan.recipes, calibration, eval_data, image_options)
     random_eval = "random" in eval_desc
     # The FP32 reference runs before any conversion work, so a source that cannot run fails
@@ -234,6 +249,9 @@ def export(
     reference = [_reference(source, f, random_eval) for f in progress(held, desc="reference")]
     for feeds in [] if held else calib[:1]:
         _reference(source, feeds, random_eval)
+    # Prepared after the reference: source.run stays the original model, every step is checked
+    # against it on the same feeds.
+    source = prepare(source, held or calib[:1])
     out_dir = plan.output_dir
     try:
         with output_folder(out_dir):
@@ -274,9 +292,12 @@ def _honesty(
     source_size: int,
     eval_desc: str,
     backend: str,
+    numerics: Any = None,
 ) -> list[str]:
     """Say so when an artifact does not look like the model it came from, or is no smaller:
-    a broken fp16 or int8 must not pass as a good one because its summary was not read."""
+    a broken fp16 or int8 must not pass as a good one because its summary was not read.
+    ``numerics`` (the plan's :class:`~edgekit.intake.compression.Numerics` of the source, or
+    None) says why an artifact is larger than an already-compressed source."""
     out = []
     on = f"on {agreement.samples} {eval_desc}"
     cosine, top1 = agreement.mean_cosine, agreement.top1_agreement
@@ -291,11 +312,36 @@ def _honesty(
         out.append(
             f"top-1 agreement with the FP32 source is {top1:.2%} {on}, below {recipe.warn_top1:.0%}"
         )
-    if source_size and size > 1.05 * source_size:
+    larger = bool(source_size) and size > 1.05 * source_size
+    ratio = f"{size / source_size:.2f}x" if source_size else ""
+    compact = numerics is not None and (numerics.quantized or numerics.fp16)
+    if larger and compact:
+        # What grew is not known here (a small model's IR text can outweigh its weights), so
+        # the source's own storage is stated and the cause left as the two it can be.
+        fix = (
+            "; deploy the source as it is where its quantized ops run, or quantize the float "
+            "model it was made from"
+            if numerics.quantized
+            else "; --precision fp16 stores fp16 weights"
+            if recipe.precision == "fp32"
+            else ""
+        )
         out.append(
-            f"the {recipe.precision} artifact is {size / source_size:.2f}x the size of its "
-            f"source: the source stores its weights more compactly (already quantized or fp16 "
-            f"weights: see edgekit inspect) or {backend} could not quantize them"
+            f"the {recipe.precision} artifact is {ratio} the size of its source: the source is "
+            f"{numerics.describe()} (see edgekit inspect), and {backend} stores it less "
+            f"compactly (weights widened to float, or its format's overhead on a small "
+            f"model){fix}"
+        )
+    elif larger:
+        out.append(
+            f"the {recipe.precision} artifact is {ratio} the size of its source: the source "
+            f"stores its weights more compactly (already quantized or fp16 weights: see "
+            f"edgekit inspect) or {backend} could not quantize them"
+        )
+    elif numerics is not None and numerics.fp16 and recipe.precision == "fp32":
+        out.append(
+            f"the source stores fp16 weights ({numerics.evidence}): this fp32 artifact keeps "
+            "their fp16-rounded values, it is no more exact than the source"
         )
     return out
 
@@ -335,7 +381,63 @@ def _quantize_and_check(
         probe = calib[:1] or load_samples("random", source.inputs, limit=1, seed=recipe.seed)
         session.run(probe[0])
     candidate = [session.run(f) for f in progress(held, desc=f"exported {recipe.precision}")]
-    return _Checked(result, session, compare(reference, candidate), folder)
+    checked = _Checked(result, session, compare(reference, candidate), folder)
+    if recipe.precision != "fp32" and local is not None and not _backend_timed(result):
+        _speed_check(plan, recipe, source, fp32, (held or calib)[:1], workdir, checked)
+    return checked
+
+
+def _backend_timed(result: ExportOutput) -> bool:
+    # A backend may time its artifact itself, against more alternatives than FP32 (TFLite
+    # also tries int8-dynamic): its figures stand, the same check is not run twice.
+    return any(k.startswith("latency_check") for k in result.details)
+
+
+def _speed_check(
+    plan: ExportPlan,
+    recipe: Recipe,
+    source: SourceModel,
+    fp32: Converted,
+    feeds: list[Feeds],
+    workdir: Path,
+    checked: _Checked,
+) -> None:
+    """Never ship a quantized artifact slower than FP32 without a word: time both on this
+    machine, one thread each, interleaved (edgekit.speed_check), and say which is faster."""
+    from edgekit.cpu import detect_isa
+    from edgekit.speed_check import compare_speed
+
+    probe = feeds or load_samples("random", source.inputs, limit=1, seed=recipe.seed)
+    folder = workdir / "fp32-speed"
+    if not folder.exists():
+        folder.mkdir()
+        base = recipe.updated(precision="fp32", keep_float=())
+        plan.backend.quantize(fp32, source, base, [], folder, "fp32")
+    primary = next(p for p in sorted(folder.iterdir()) if p.suffix == plan.backend.suffix)
+    local = None if is_remote(plan.check_on) else plan.check_on
+    stage(f"timing {recipe.precision} against fp32 (1 thread, interleaved)")
+    a = plan.backend.open_session(primary, threads=1, device=local)
+    b = plan.backend.open_session(checked.result.primary, threads=1, device=local)
+    speed = compare_speed(a, b, probe[0])
+    checked.result.details["speed_check"] = {
+        "ratio": None if speed.ratio is None else round(speed.ratio, 3),
+        "fp32_ms": round(speed.fp32_s * 1e3, 3),
+        "quantized_ms": round(speed.quantized_s * 1e3, 3),
+        "pairs": speed.pairs,
+        "noise": round(speed.noise, 4),
+        "slower": speed.slower,
+        "skipped": speed.skipped,
+    }
+    # Timed here, so it speaks for this machine's CPU, whatever the target's isa says.
+    cpu = detect_isa() or "an unknown CPU"
+    checked.result.notes.append(f"{speed.describe()} ({cpu}, 1 thread)")
+    if speed.slower:
+        checked.result.warnings.append(
+            f"{recipe.precision} runs {speed.ratio:.2f}x the latency of fp32 on this CPU "
+            f"({cpu}, 1 thread): fp32 is the faster precision here; use --precision fp32 "
+            f"for speed, or keep {recipe.precision} for its size (measure on the device with "
+            "edgekit benchmark)"
+        )
 
 
 def _commit(
@@ -359,7 +461,9 @@ def _commit(
     warnings = [
         *ignored,
         *result.warnings,
-        *_honesty(recipe, agreement, size, source_size, eval_desc, plan.backend.name),
+        *_honesty(
+            recipe, agreement, size, source_size, eval_desc, plan.backend.name, plan.numerics
+        ),
     ]
     payload = {
         "schema_version": SIDECAR_SCHEMA_VERSION,
@@ -383,6 +487,7 @@ def _commit(
             "sha256": {f.name: file_digest(f)[0] for f in result.files},
         },
         "conversion": {"cache_key": convert_cache.cache_key(plan.backend, source), "how": how},
+        "preparation": source.preparation,
         "backend_details": result.details,
         "agreement": {**agreement.to_json(), "inputs": eval_desc},
         "runtime": session.info,

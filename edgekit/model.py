@@ -81,6 +81,11 @@ class SourceModel:
     sha256: str = ""
     size_bytes: int = 0
     notes: list[str] = field(default_factory=list)
+    #: what the prepare stage did to the graph, one record per step (edgekit.prepare)
+    preparation: list[dict[str, Any]] = field(default_factory=list)
+    #: inputs whose dynamic dimensions ``to_onnx`` keeps (--dynamic), with the shapes the
+    #: source declares; ``inputs`` still holds the static shapes that data and checks use
+    dynamic: list[TensorSpec] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -277,18 +282,25 @@ def load_model(
     model: str | Path | Any,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     example_inputs: Sequence[Any] | None = None,
+    dynamic: Sequence[str] = (),
 ) -> SourceModel:
-    """Load a model path or in-memory model as a SourceModel with static inputs."""
+    """Load a model path or in-memory model as a SourceModel with static inputs.
+
+    ``dynamic`` names inputs whose dynamic dimensions the converted graph keeps (ONNX sources
+    only; the plan refuses it elsewhere); their ``inputs`` shapes are the ones data and checks
+    use."""
     overrides = dict(input_shapes or {})
+    # Only the ONNX intake takes it; the plan has refused --dynamic for every other format.
+    extra = {"dynamic": tuple(dynamic)} if dynamic else {}
     if isinstance(model, str | Path):
         path = Path(model)
         fmt = detect_format(path)
-        source = _intake(fmt).load(path, overrides)
+        source = _intake(fmt).load(path, overrides, **extra)
         source.sha256, source.size_bytes = file_digest(path)
         source.path = path
         return source
     fmt = object_format(model)
-    return _intake(fmt).from_object(model, overrides, example_inputs)
+    return _intake(fmt).from_object(model, overrides, example_inputs, **extra)
 
 
 @speaks_api

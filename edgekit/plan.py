@@ -3,9 +3,11 @@
 Everything a request can get wrong that does not need the model itself is found here, from the
 target profile and the backend's declared :class:`~edgekit.backends.base.Capabilities`: the
 output folder and name, the target, a source format the backend has no route from, precisions
-it does not produce, recipe settings it cannot honour, a local device that is absent. Each
-refusal names what works instead. A plan holds one validated recipe per precision, so that
-the rest of the pipeline converts once and quantizes for each.
+it does not produce, recipe settings it cannot honour, a local device that is absent, an
+already-quantized source asked to be quantized again (read from the file's structure, not its
+weights: :mod:`edgekit.intake.compression`). Each refusal names what works instead. A plan
+holds one validated recipe per precision, so that the rest of the pipeline converts once and
+quantizes for each.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from edgekit.backends import backend_names, get_backend
 from edgekit.backends.base import Backend, is_remote
 from edgekit.errors import EdgekitError, UsageError
+from edgekit.intake.compression import Numerics, detect, onnx_numerics
 from edgekit.model import detect_format, object_format
 from edgekit.recipe import Recipe
 from edgekit.targets import Target, resolve_target
@@ -40,6 +43,10 @@ class ExportPlan:
     check_on: str
     #: per recipe: settings the caller gave that do nothing at its precision
     ignored: tuple[tuple[str, ...], ...] = field(default=())
+    #: how the source stores its numbers (None: not read, e.g. a framework model)
+    numerics: Numerics | None = None
+    #: source inputs whose dynamic dimensions the artifact keeps (--dynamic)
+    dynamic: tuple[str, ...] = ()
 
     def stem(self, source_name: str, recipe: Recipe) -> str:
         return f"{self.name or source_name}_{recipe.precision}"
@@ -93,6 +100,62 @@ def _check_precision(precision: str, backend: Backend) -> None:
         )
 
 
+def _source_numerics(model: Any, fmt: str) -> Numerics | None:
+    if isinstance(model, str | Path):
+        return detect(Path(model), fmt) if Path(model).is_file() else None
+    if fmt == "onnx":  # an onnx.ModelProto: its structure is at hand
+        try:
+            return onnx_numerics(model)
+        except Exception:  # not a well-formed proto: the load stage says what is wrong
+            return None
+    return None
+
+
+def _check_numerics(
+    numerics: Numerics | None, fmt: str, backend: Backend, precision: str, model: Any
+) -> None:
+    """Refuse to quantize an already-quantized source again: its weights would be dequantized
+    and re-quantized, less accurate and no smaller (fp16 would even double them)."""
+    if numerics is None or not numerics.quantized or precision == "fp32":
+        return
+    if fmt == backend.name:
+        return  # a source in the backend's own format: that backend's route decides
+    why = (
+        "fp16 would store its integer weights as fp16, twice their size"
+        if precision == "fp16"
+        else f"{precision} would quantize its dequantized weights a second time, adding a "
+        "second rounding error to the first"
+    )
+    what = Path(model).name if isinstance(model, str | Path) else "the model"
+    raise UsageError(
+        f"{what} is {numerics.describe()}, and --precision {why}: export it at --precision "
+        "fp32 to run it as it is, or quantize the float model it was made from"
+    )
+
+
+def _check_dynamic(dynamic: Sequence[str], fmt: str, backend: Backend) -> None:
+    """--dynamic keeps dimensions the source declares dynamic; only where the backend's
+    artifact can hold them, and only for sources whose graph states them (ONNX)."""
+    if not dynamic:
+        return
+    if fmt in backend.capabilities.dynamic_sources:
+        return
+    takes = [
+        n
+        for n in backend_names()
+        if fmt in get_backend(n).capabilities.dynamic_sources and n != backend.name
+    ]
+    hint = (
+        f"use --target {' or --target '.join(takes)}"
+        if takes
+        else "export the model to ONNX with dynamic axes first"
+    )
+    raise UsageError(
+        f"--dynamic {', '.join(dynamic)}: {backend.name} artifacts from a {fmt} source keep "
+        f"static input shapes; drop --dynamic (shapes are fixed with --input-shape) or {hint}"
+    )
+
+
 def _source_name(model: Any) -> str:
     """The stem an artifact gets from its source (SourceModel.name, known before loading)."""
     if not isinstance(model, str | Path):
@@ -134,18 +197,23 @@ def plan_export(
     base: Recipe | None,
     recipe_fields: Mapping[str, Any],
     force: bool = False,
+    dynamic: Sequence[str] = (),
 ) -> ExportPlan:
     """Check the whole request; raise a UsageError (or DeviceError) naming what works."""
     out_dir = Path(output_dir)
     _check_output(out_dir, name)
     tgt = resolve_target(target)
     backend = get_backend(tgt.backend)
-    _check_route(_source_format(model), backend)
+    fmt = _source_format(model)
+    _check_route(fmt, backend)
+    _check_dynamic(dynamic, fmt, backend)
+    numerics = _source_numerics(model, fmt)
     given = [k for k, v in recipe_fields.items() if v is not None]
     recipes, ignored = [], []
     for wanted in precisions:
         precision = wanted or (base.precision if base else tgt.default_precision)
         _check_precision(precision, backend)
+        _check_numerics(numerics, fmt, backend, precision, model)
         recipe = (
             (base or Recipe().updated(**tgt.recipe))
             .updated(precision=precision, **recipe_fields)
@@ -177,6 +245,8 @@ def plan_export(
         name=name,
         check_on=check_on,
         ignored=tuple(ignored),
+        numerics=numerics,
+        dynamic=tuple(dynamic),
     )
     if not force:
         _check_overwrite(plan, model)

@@ -26,6 +26,8 @@ CALIBRATION_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
 IO_DTYPES: tuple[str, ...] = ("float", "int8", "uint8")
 # More samples than this is a typo, not a calibration set (and would be held in memory).
 MAX_SAMPLES = 100_000
+# Fields whose default None means "the backend decides" (see Recipe.reduce_range).
+_TRI_STATE = frozenset({"reduce_range"})
 # Precisions whose quantizer needs representative input data.
 NEEDS_CALIBRATION: tuple[str, ...] = ("int8", "int16x8")
 
@@ -38,6 +40,7 @@ APPLIES_TO: dict[str, tuple[str, ...]] = {
     "calibration_method": tuple(NEEDS_CALIBRATION),
     "percentile": tuple(NEEDS_CALIBRATION),
     "reduce_range": ("int8", "int8-dynamic", "int8-weights"),
+    "isa": ("int8", "int8-dynamic"),
     "keep_float": ("fp16", *_QUANTIZED),
     "io_dtype": ("int8",),
 }
@@ -71,8 +74,13 @@ class Recipe:
     #: held-out samples used to compare the artifact with the FP32 source
     eval_samples: int = 100
     seed: int = 0
-    #: quantize weights to 7 bits: only for x86 CPUs without VNNI
-    reduce_range: bool = False
+    #: quantize weights to 7 bits (for x86 CPUs without VNNI); None: let the backend choose
+    #: from the deployment ISA (``isa``), so that a value set by a flag, a recipe file or a
+    #: target's [recipe] table is always an explicit choice that wins over the ISA
+    reduce_range: bool | None = None
+    #: the CPU instruction-set level the artifact is for (edgekit.cpu.ISAS), from the target
+    #: profile's ``isa``; "" means the CPU of the machine that exports
+    isa: str = ""
     #: percentile for the percentile calibration method
     percentile: float = 99.999
     #: node/layer names kept in float
@@ -90,7 +98,10 @@ class Recipe:
         for f in fields(self):
             value = getattr(self, f.name)
             default = f.default
-            if isinstance(default, bool):
+            if f.name in _TRI_STATE:
+                ok = value is None or isinstance(value, bool)
+                want = "true or false"
+            elif isinstance(default, bool):
                 ok = isinstance(value, bool)
                 want = "true or false"
             elif isinstance(default, int):
@@ -126,6 +137,10 @@ class Recipe:
                 f"unknown calibration method '{self.calibration_method}'; choose one of "
                 f"{', '.join(CALIBRATION_METHODS)}"
             )
+        if self.isa:
+            from edgekit.cpu import check_isa
+
+            check_isa(self.isa, "recipe field 'isa'")
         if self.io_dtype not in IO_DTYPES:
             raise UsageError(
                 f"unknown --io '{self.io_dtype}'; choose one of {', '.join(IO_DTYPES)}"

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.backends import backend_names
+from edgekit.cpu import check_isa
 from edgekit.errors import UsageError
 
 _KEY_TYPES: dict[str, type] = {
@@ -21,6 +22,7 @@ _KEY_TYPES: dict[str, type] = {
     "description": str,
     "device": str,
     "accelerator": str,
+    "isa": str,
     "precision": dict,
     "recipe": dict,
     "benchmark": dict,
@@ -38,8 +40,13 @@ class Target:
     #: the chip the artifact is made for, when a backend checks for it ("edgetpu": the TFLite
     #: backend's Edge TPU compiler report in ``edgekit inspect --target``); "" for none
     accelerator: str = ""
+    #: the CPU instruction-set level the target's int8 kernels run on (one of
+    #: edgekit.cpu.ISAS, e.g. "x86-avx2", "x86-vnni", "arm64"); "" for the exporting machine's.
+    #: Backends choose their int8 weight scheme from it (edgekit.cpu explains why)
+    isa: str = ""
     default_precision: str = "fp32"
-    #: recipe defaults for this target (e.g. reduce_range on a CPU without VNNI)
+    #: recipe defaults for this target (e.g. per_channel); holds ``isa`` too when the profile
+    #: states one, which is how the ISA reaches the backend's quantizer through the Recipe
     recipe: dict[str, Any] = field(default_factory=dict)
     benchmark: dict[str, Any] = field(default_factory=dict)
 
@@ -85,14 +92,21 @@ def _from_toml(path: Path) -> Target:
     precision = data.get("precision", {})
     if not isinstance(precision.get("default", "fp32"), str):
         raise UsageError(f"target profile {path}: precision.default must be a string")
+    isa = data.get("isa", "")
+    if isa:
+        check_isa(isa, f"target profile {path}")
+    recipe = dict(data.get("recipe", {}))
+    if isa:
+        recipe["isa"] = isa
     return Target(
         name=data.get("name", path.stem),
         backend=backend,
         description=data.get("description", ""),
         device=data.get("device", "local"),
         accelerator=data.get("accelerator", ""),
+        isa=isa,
         default_precision=precision.get("default", "fp32"),
-        recipe=dict(data.get("recipe", {})),
+        recipe=recipe,
         benchmark=dict(data.get("benchmark", {})),
     )
 

@@ -28,7 +28,29 @@ def test_profile_recipe_is_applied(tmp_path):
     from edgekit.recipe import Recipe
 
     target = resolve_target("onnxruntime-novnni")
-    assert Recipe().updated(**target.recipe).reduce_range is True
+    recipe = Recipe().updated(**target.recipe).validate()
+    # the profile states the ISA, and leaves reduce_range for the backend to derive from it
+    assert (target.isa, recipe.isa, recipe.reduce_range) == ("x86-avx2", "x86-avx2", None)
+    assert Recipe().updated(**resolve_target("intel-cpu").recipe).isa == "x86-vnni"
+    assert resolve_target("android-arm64").isa == "arm64"
+    # a bare backend name and a profile without isa: the exporting machine's CPU decides
+    assert resolve_target("onnxruntime").isa == resolve_target("openvino").isa == ""
+
+
+def test_profile_isa_is_checked(tmp_path):
+    from edgekit.cpu import ISAS
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('backend = "onnxruntime"\nisa = "x86-avx3"\n')
+    with pytest.raises(UsageError, match="unknown isa 'x86-avx3'; choose one of x86-64") as err:
+        resolve_target(str(bad))
+    assert "\n" not in str(err.value)
+    bad.write_text('backend = "onnxruntime"\nisa = 7\n')
+    with pytest.raises(UsageError, match="'isa' must be a string"):
+        resolve_target(str(bad))
+    for path in sorted(TARGETS_DIR.glob("*.toml")):
+        isa = resolve_target(path.stem).isa
+        assert isa == "" or isa in ISAS
 
 
 def test_unknown_target_lists_choices(tmp_path):

@@ -82,7 +82,17 @@ def test_integer_io(io, keras_cnn, digits, tmp_path):
     assert raw.dtype == np.dtype(io)
     got = (raw.astype(np.float32) - z_out) * s_out
     want = _keras_ref(keras_cnn, x)
-    assert np.mean(got.argmax(1) == want.argmax(1)) >= 0.97
+    # Derived as in tests/test_backend_contract.py, not a fixed top-1 rate (AVX2-only CPUs run
+    # other int8 kernels): e = one step of the logits' 8-bit grid per weighted layer plus f32
+    # rounding; a digit whose FP32 top-1/top-2 margin exceeds 2e must keep its class.
+    layers = sum(1 for la in keras_cnn.layers if la.weights)
+    calib_want = _keras_ref(keras_cnn, samples.to_input(digits[0][:N_CALIB], layout="NHWC"))
+    e = layers * float(np.ptp(calib_want)) / 255 + 2 * layers * 2.0**-24 * float(np.abs(want).max())
+    top2 = np.sort(want, axis=1)[:, -2:]
+    counted = top2[:, 1] - top2[:, 0] > 2 * e
+    assert counted.mean() >= 0.5, f"only {counted.sum()} digits beyond 2e = {2 * e:.3g}"
+    flipped = np.flatnonzero(counted & (got.argmax(1) != want.argmax(1)))
+    assert not len(flipped), f"{len(flipped)} digits with an FP32 margin above 2e changed class"
     assert np.abs(got - want).max() < 0.25 * float(np.ptp(want))
 
 

@@ -75,6 +75,8 @@ class Capabilities:
     precisions: tuple[str, ...]
     #: recipe settings it refuses, each with the reason and what to do instead
     unsupported: tuple[Unsupported, ...] = ()
+    #: source formats whose dynamic input dimensions it can keep in the artifact (--dynamic)
+    dynamic_sources: tuple[str, ...] = ()
 
     def refusals(self, recipe: Recipe) -> list[str]:
         return [u.why for u in self.unsupported if u.matches(recipe)]

@@ -8,6 +8,14 @@ Quantization uses ORT's own tools. Two deliberate departures from ``quantize_sta
   to ORT's calibration cache and hand that cache to ``quantize_static``.
 * QDQ format with uint8 asymmetric activations and int8 per-channel weights: ORT fuses this into
   its u8s8 integer kernels on x86 (VNNI) and ARM. QOperator S8S8 is several times slower on x86.
+* Weights are 7-bit (``reduce_range``) when the deployment CPU is an x86 without VNNI (the
+  target's ``isa``, else this machine's: :mod:`edgekit.cpu`), as ORT advises for u8s8 there;
+  an explicit ``reduce_range`` in the recipe wins. A note says which and why.
+* Calibration streams: MinMax keeps per-tensor ranges only; entropy/percentile, whose ORT
+  calibrator would hold every activation of every sample before building histograms, run in
+  two passes here (exact ranges per tensor, then histograms on those fixed ranges, merged a
+  chunk of samples at a time), so that memory is bounded by a chunk and the ranges equal ORT's
+  all-at-once ones. The note reports the chunks and the peak RSS.
 
 Sessions take their options, dtype names and I/O specs from the standalone benchmark runner,
 :mod:`edgekit.backends.onnxruntime_runner` (kept a module of its own: it imports nothing of
@@ -21,6 +29,8 @@ import io
 import logging
 import re
 import shutil
+import threading
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -31,8 +41,10 @@ import numpy as np
 from edgekit.backends import onnxruntime_runner as _runner
 from edgekit.backends.base import Capabilities, Converted, ExportOutput, Unsupported, cpu_only
 from edgekit.backends.feeds import check_feeds
+from edgekit.cpu import deployment_isa
 from edgekit.errors import (
     ConversionError,
+    DataError,
     EdgekitError,
     ModelFormatError,
     ModelNotFoundError,
@@ -49,24 +61,34 @@ _ENTROPY_QUANT_BINS = 128
 # Op types whose weights int8-dynamic quantizes. Conv is left out on purpose: the dynamic
 # ConvInteger kernel is slower than float Conv on CPU.
 _DYNAMIC_OPS = ["MatMul", "Gemm", "Attention", "LSTM", "GRU", "EmbedLayerNormalization"]
+# A chunk of histogram calibration holds its samples' activations plus a copy of the largest
+# tensor's (HistogramCollector stacks each tensor's list): at most this share of the memory
+# available when calibration starts, and at most _MAX_CHUNK_BYTES, so that the footprint does
+# not grow with the machine either.
+_MEM_SHARE = 0.5
+_MAX_CHUNK_BYTES = 2 << 30
+# More samples per chunk buy nothing: the per-call overhead is already amortised.
+_MAX_CHUNK = 32
+_MINMAX_CHUNK = 32
+_GIB = 1 << 30
 
 
-class _Reader:
-    """ORT CalibrationDataReader over in-memory samples, with a progress bar."""
+class _Chunk:
+    """ORT CalibrationDataReader giving the next ``size`` samples of a shared iterator, so that
+    one progress bar spans every chunk."""
 
-    def __init__(self, samples: Sequence[Feeds], desc: str) -> None:
+    def __init__(self, samples: Iterator[Feeds], size: int) -> None:
         self._samples = samples
-        self._desc = desc
-        self._it: Iterator[Feeds] | None = None
+        self._left = size
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        if self._it is None:
-            self._it = iter(progress(self._samples, desc=self._desc))
-        item = next(self._it, None)
-        return None if item is None else dict(item)
-
-    def __len__(self) -> int:
-        return len(self._samples)
+        if self._left == 0:
+            return None
+        item = next(self._samples, None)
+        if item is None:
+            return None
+        self._left -= 1
+        return dict(item)
 
 
 class OrtSession:
@@ -154,6 +176,8 @@ CAPABILITIES = Capabilities(
     # Everything with a bridge to ONNX; a .tflite source has none.
     sources=("onnx", "torch", "keras", "savedmodel"),
     precisions=("fp32", "fp16", "int8", "int8-dynamic"),
+    # An ONNX source's graph states its dynamic dims and every ORT precision keeps them.
+    dynamic_sources=("onnx",),
     unsupported=(
         Unsupported(
             "io_dtype",
@@ -207,13 +231,32 @@ class OnnxRuntimeBackend:
     ) -> ExportOutput:
         import onnx
 
+        from edgekit.intake.compression import onnx_numerics
+
         fp32 = converted.path("model.onnx")
         out = workdir / f"{stem}{self.suffix}"
         advice: list[str] = []
+        notes: list[str] = []
         details: dict[str, Any] = {}
+        numerics = onnx_numerics(onnx.load(str(fp32), load_external_data=False))
         try:
             if recipe.precision == "fp32":
                 shutil.copyfile(fp32, out)
+            elif recipe.precision == "fp16" and numerics.fp16:
+                # Converting again would round nothing and onnxconverter-common refuses it.
+                _check_keep_float(fp32, recipe.keep_float)
+                if recipe.keep_float:
+                    raise UsageError(
+                        "--keep-float at fp16 keeps a node's fp32 weights, and this source "
+                        f"has none ({numerics.describe()}); export it at --precision fp32, or "
+                        "from an fp32 source"
+                    )
+                shutil.copyfile(fp32, out)
+                notes.append(
+                    f"the source already stores fp16 weights ({numerics.evidence}): the fp16 "
+                    "artifact is its graph unchanged"
+                )
+                details["fp16_source"] = "kept as is"
             elif recipe.precision == "fp16":
                 self._fp16(fp32, out, recipe.keep_float)
                 advice.append(
@@ -221,13 +264,33 @@ class OnnxRuntimeBackend:
                     "(1.0-1.16x fp32 latency in tools/bench_ort.py); for CPU speed use int8"
                 )
             elif recipe.precision == "int8":
+                fp32 = _upcast_if_fp16(fp32, numerics, workdir, notes, details)
                 src, note = _opset_for_per_channel(fp32, recipe, workdir)
                 advice += note
-                details = self._int8_static(src, out, recipe, calibration, workdir)
+                reduce, scheme = weight_scheme(recipe)
+                notes.append(scheme.pop("note"))
+                details.update(self._int8_static(src, out, recipe, reduce, calibration, workdir))
+                notes.append(details.pop("note"))
+                details["scheme"] = scheme
+                if details.get("recurrent_dynamic"):
+                    notes.append(
+                        f"{len(details['recurrent_dynamic'])} LSTM quantized dynamically "
+                        "(int8 weights, DynamicQuantizeLSTM: ONNX Runtime's QDQ path leaves "
+                        "LSTM float); the rest is static QDQ"
+                    )
+                if details.get("recurrent_float"):
+                    advice.append(details["recurrent_float"])
+                advice += _calibration_advice(src, out, recipe, calibration)
             else:  # int8-dynamic; Recipe.validate has already rejected anything else
+                fp32 = _upcast_if_fp16(fp32, numerics, workdir, notes, details)
                 src, note = _opset_for_per_channel(fp32, recipe, workdir)
                 advice += note
-                advice += self._int8_dynamic(src, out, recipe)
+                reduce, scheme = weight_scheme(recipe)
+                notes.append(scheme.pop("note"))
+                advice += self._int8_dynamic(src, out, recipe, reduce)
+                details["scheme"] = scheme
+            if recipe.precision in ("int8", "int8-dynamic"):
+                details["quantized_ops"] = quantized_ops(onnx.load(str(out)))
         except EdgekitError:
             raise
         except Exception as exc:
@@ -237,14 +300,19 @@ class OnnxRuntimeBackend:
         model = onnx.load(str(out), load_external_data=False)
         details["io_quantization"] = _io_quantization(model)
         details["opset"] = next((o.version for o in model.opset_import if o.domain == ""), None)
-        return ExportOutput(primary=out, files=[out], details=details, warnings=advice)
+        return ExportOutput(primary=out, files=[out], details=details, warnings=advice, notes=notes)
 
     def _fp16(self, src: Path, out: Path, keep_float: Sequence[str]) -> None:
         import onnx
         from onnxconverter_common import float16
 
+        from edgekit.prepare.shapes import unique_value_info
+
         _check_keep_float(src, keep_float)
         model = onnx.load(str(src))
+        # A graph that did not pass through the prepare stage (a torch or Keras bridge, or a
+        # preparation that was skipped) may repeat value_info, which the converter mis-types.
+        unique_value_info(model)
         # Float32 I/O keeps the artifact a drop-in replacement: callers feed the same arrays.
         # The converter warns for every tiny weight it clamps to fp16's range; the agreement
         # figures in the summary are what tell whether that mattered.
@@ -262,6 +330,7 @@ class OnnxRuntimeBackend:
         src: Path,
         out: Path,
         recipe: Recipe,
+        reduce_range: bool,
         calibration: Sequence[Feeds],
         workdir: Path,
     ) -> dict[str, Any]:
@@ -269,7 +338,6 @@ class OnnxRuntimeBackend:
             CalibrationMethod,
             QuantFormat,
             QuantType,
-            create_calibrator,
             quantize_static,
         )
         from onnxruntime.quantization.calibrate import save_tensors_data
@@ -284,28 +352,14 @@ class OnnxRuntimeBackend:
             # Symbolic shape inference fails on some graphs; quantizing the unprepared model
             # still works, it only loses a few fusions.
             prepared = src
+        ranges, calib = calibrate(prepared, recipe, calibration, workdir)
+        cache = workdir / "calibration.json"
+        save_tensors_data(ranges, cache)
         method = {
             "minmax": CalibrationMethod.MinMax,
             "entropy": CalibrationMethod.Entropy,
             "percentile": CalibrationMethod.Percentile,
         }[recipe.calibration_method]
-        calib_opts: dict[str, Any] = {"symmetric": recipe.activation_symmetric}
-        if recipe.calibration_method == "entropy":
-            calib_opts.update(num_bins=_HIST_BINS, num_quantized_bins=_ENTROPY_QUANT_BINS)
-        elif recipe.calibration_method == "percentile":
-            calib_opts.update(num_bins=_HIST_BINS, percentile=recipe.percentile)
-        with _quiet():
-            calibrator = create_calibrator(
-                prepared,
-                None,
-                augmented_model_path=str(workdir / "augmented.onnx"),
-                calibrate_method=method,
-                extra_options=calib_opts,
-            )
-            calibrator.collect_data(_Reader(calibration, "calibrating"))
-            ranges = calibrator.compute_data()
-        cache = workdir / "calibration.json"
-        save_tensors_data(ranges, cache)
         act = QuantType.QInt8 if recipe.activation_symmetric else QuantType.QUInt8
         with _quiet():
             quantize_static(
@@ -314,7 +368,7 @@ class OnnxRuntimeBackend:
                 calibration_data_reader=None,
                 quant_format=QuantFormat.QDQ,
                 per_channel=recipe.per_channel,
-                reduce_range=recipe.reduce_range,
+                reduce_range=reduce_range,
                 activation_type=act,
                 weight_type=QuantType.QInt8,
                 nodes_to_exclude=list(recipe.keep_float),
@@ -325,15 +379,19 @@ class OnnxRuntimeBackend:
                 },
                 calibration_cache_path=str(cache),
             )
+        recurrent = _quantize_recurrent(out, recipe, reduce_range, workdir)
         return {
+            **recurrent,
             "quant_format": "QDQ",
             "activation_type": "int8" if recipe.activation_symmetric else "uint8",
             "weight_type": "int8",
             "calibration_method": recipe.calibration_method,
             "calibration_samples": len(calibration),
+            "calibration": calib,
+            "note": calib.pop("note"),
         }
 
-    def _int8_dynamic(self, src: Path, out: Path, recipe: Recipe) -> list[str]:
+    def _int8_dynamic(self, src: Path, out: Path, recipe: Recipe, reduce_range: bool) -> list[str]:
         import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -352,11 +410,503 @@ class OnnxRuntimeBackend:
                 str(out),
                 op_types_to_quantize=_DYNAMIC_OPS,
                 per_channel=recipe.per_channel,
-                reduce_range=recipe.reduce_range,
+                reduce_range=reduce_range,
                 weight_type=QuantType.QInt8,
                 nodes_to_exclude=list(recipe.keep_float),
             )
         return advice
+
+
+# Recurrent ops whose weights ORT's QDQ quantizer leaves float. ORT quantizes LSTM only through
+# its dynamic path (com.microsoft DynamicQuantizeLSTM: int8 weights, activations quantized per
+# call inside the op); it has no quantized GRU or RNN kernel, so those stay float.
+_RECURRENT_DYNAMIC = ("LSTM",)
+_RECURRENT_FLOAT = ("GRU", "RNN")
+
+
+def _quantize_recurrent(
+    model: Path, recipe: Recipe, reduce_range: bool, workdir: Path
+) -> dict[str, Any]:
+    """Quantize the LSTM weights of the static QDQ ``model`` in place with ORT's dynamic
+    quantizer, restricted to LSTM, so that a CNN+LSTM (ddddocr: 4.2M of its 13.5M parameters
+    are LSTM weights) is int8 throughout; the QDQ part is left as it is. Running the dynamic
+    pass after the static one (not before) keeps calibration on a plain ONNX graph: the
+    calibrator never has to run com.microsoft ops. What stayed float is said."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+    keep = set(recipe.keep_float)
+    lstm = [n.name for n in graph.node if n.op_type in _RECURRENT_DYNAMIC and n.name not in keep]
+    floats = sorted({n.op_type for n in graph.node if n.op_type in _RECURRENT_FLOAT})
+    found: dict[str, Any] = {}
+    if floats:
+        found["recurrent_float"] = (
+            f"{', '.join(floats)} weights stay float: ONNX Runtime has no quantized kernel for them"
+        )
+    if not lstm:
+        return found
+    dynamic = workdir / "recurrent.onnx"
+    with _quiet():
+        quantize_dynamic(
+            str(model),
+            str(dynamic),
+            op_types_to_quantize=list(_RECURRENT_DYNAMIC),
+            nodes_to_quantize=lstm,
+            per_channel=recipe.per_channel,
+            # DynamicQuantizeLSTM runs the same u8 x s8 kernels as the QDQ Convs.
+            reduce_range=reduce_range,
+            weight_type=QuantType.QInt8,
+        )
+    shutil.move(str(dynamic), str(model))
+    found["recurrent_dynamic"] = lstm
+    return found
+
+
+def quantized_ops(model: Any) -> dict[str, dict[str, int]]:
+    """Op type -> count, by how the artifact computes it: ``static_qdq`` (reads a
+    DequantizeLinear output: ORT fuses it into an integer kernel or runs it on dequantized
+    int8 values), ``dynamic_int8`` (ORT's dynamically quantized ops), ``float``."""
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    found: dict[str, dict[str, int]] = {"static_qdq": {}, "dynamic_int8": {}, "float": {}}
+    for node in model.graph.node:
+        op = node.op_type
+        if op in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "Cast"):
+            continue
+        if op.startswith("DynamicQuantize") or op in ("MatMulInteger", "ConvInteger"):
+            kind = "dynamic_int8"
+        elif any(producers.get(i) == "DequantizeLinear" for i in node.input):
+            kind = "static_qdq"
+        else:
+            kind = "float"
+        found[kind][op] = found[kind].get(op, 0) + 1
+    return found
+
+
+def _upcast_if_fp16(
+    src: Path, numerics: Any, workdir: Path, notes: list[str], details: dict[str, Any]
+) -> Path:
+    """An fp32 copy of an fp16-weight ``src`` for the int8 quantizers (their calibration and
+    DynamicQuantizeLinear take float32 only); ``src`` itself otherwise. fp16 -> fp32 is exact
+    (every fp16 value is a float32), so the copy computes what the source's weights say, at
+    float32 precision."""
+    if not numerics.fp16:
+        return src
+    import onnx
+
+    model = onnx.load(str(src))
+    changed = upcast_fp16(model)
+    onnx.save(model, str(workdir / "fp32-upcast.onnx"))
+    notes.append(
+        f"the source stores fp16 weights ({numerics.evidence}): quantized from an fp32 copy "
+        f"({changed} fp16 tensors and casts made fp32; fp16 -> fp32 is exact)"
+    )
+    details["fp16_source"] = "upcast to fp32 before quantizing"
+    return workdir / "fp32-upcast.onnx"
+
+
+def upcast_fp16(model: Any) -> int:
+    """Make every float16 of ``model`` float32 in place: initializers, Constant tensors, Cast
+    targets, value_info and the graph's inputs/outputs, in the main graph and subgraphs; how
+    many tensors and casts changed."""
+    from onnx import TensorProto, numpy_helper
+
+    f16, f32 = TensorProto.FLOAT16, TensorProto.FLOAT
+    changed = 0
+
+    def tensor(t: Any) -> None:
+        nonlocal changed
+        if t.data_type == f16:
+            up = numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), t.name)
+            t.CopyFrom(up)
+            changed += 1
+
+    def graph(g: Any) -> None:
+        nonlocal changed
+        for t in g.initializer:
+            tensor(t)
+        for info in (*g.input, *g.output, *g.value_info):
+            if info.type.tensor_type.elem_type == f16:
+                info.type.tensor_type.elem_type = f32
+        for node in g.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    tensor(attr.t)
+                for t in attr.tensors:
+                    tensor(t)
+                if node.op_type == "Cast" and attr.name == "to" and attr.i == f16:
+                    attr.i = f32
+                    changed += 1
+                if attr.HasField("g"):
+                    graph(attr.g)
+                for sub in attr.graphs:
+                    graph(sub)
+
+    graph(model.graph)
+    return changed
+
+
+#: calibration samples the in-sample check of a MinMax calibration runs (a cheap first look:
+#: the export's agreement on evaluation data is the real figure)
+_ADVICE_SAMPLES = 8
+
+
+def _calibration_advice(
+    src: Path, out: Path, recipe: Recipe, calibration: Sequence[Feeds]
+) -> list[str]:
+    """Advice to try entropy calibration when a MinMax int8 artifact already departs from its
+    FP32 graph on the calibration samples themselves.
+
+    MinMax sets each activation grid from the extreme value seen, so one outlier coarsens the
+    grid for every other value, and more samples only widen it further. On the real-model set
+    (edgekit.realmodels "orientation", a PP-LCNet classifier, 8 calibration samples) the
+    squeeze-excitation ReLUs came out at 15 dB SQNR under MinMax, mean output cosine 0.938 and
+    top-1 56 %; 32 MinMax samples gave 0.913; entropy gave 0.967 and 81 %. The kernels were
+    not the cause there: the QDQ graph run in float agreed with the integer kernels (cosine
+    0.999 with reduce_range)."""
+    if recipe.calibration_method != "minmax" or not calibration:
+        return []
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    ref = ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+    got = ort.InferenceSession(str(out), opts, providers=["CPUExecutionProvider"])
+    cosines = []
+    for feeds in list(calibration)[:_ADVICE_SAMPLES]:
+        for a, b in zip(ref.run(None, dict(feeds)), got.run(None, dict(feeds)), strict=True):
+            a = np.asarray(a, np.float64).ravel()
+            b = np.asarray(b, np.float64).ravel()
+            norm = float(np.linalg.norm(a) * np.linalg.norm(b))
+            if norm > 0 and np.isfinite(norm):
+                cosines.append(float(a @ b) / norm)
+    if not cosines or min(1.0, float(np.mean(cosines))) >= recipe.warn_cosine:
+        return []
+    return [
+        f"int8 with MinMax calibration already departs from FP32 on the calibration samples "
+        f"(mean cosine {np.mean(cosines):.4f}): try --calibration-method entropy, which clips "
+        "outliers that MinMax stretches every grid to (more MinMax samples widen the ranges "
+        "further)"
+    ]
+
+
+def weight_scheme(recipe: Recipe) -> tuple[bool, dict[str, Any]]:
+    """Whether int8 weights are 7-bit (``reduce_range``), with the details and the note that
+    say why. From the deployment ISA unless the recipe sets ``reduce_range`` itself.
+
+    ORT's guidance (quantize_static's ``reduce_range`` and the quantization docs' "When and why
+    do I need to try U8U8?"): x86 CPUs without VNNI run u8s8 through VPMADDUBSW, whose int16
+    sums can saturate; 7-bit weights keep them in range and may improve accuracy there.
+    VNNI/AMX and ARM accumulate in int32, so full 8 bits cost nothing and are more precise."""
+    target = deployment_isa(recipe.isa)
+    isa_default = target.saturates
+    details: dict[str, Any] = {**target.to_json()}
+    if recipe.reduce_range is None:
+        reduce = isa_default
+        details["reduce_range_from"] = "isa"
+        if target.isa is None:
+            note = (
+                f"int8 weights for {target.describe()}: full 8 bits (ONNX Runtime's default); "
+                "set isa in the target profile, or pass --reduce-range for an x86 CPU without "
+                "VNNI"
+            )
+        elif reduce:
+            note = (
+                f"int8 scheme for {target.describe()}: reduce_range 7-bit weights, as ONNX "
+                "Runtime advises for u8s8 without VNNI (VPMADDUBSW adds pairs of products in "
+                "int16, which can saturate)"
+            )
+        else:
+            why = (
+                "ARM's int8 dot products accumulate in int32"
+                if target.isa and target.isa.startswith("arm64")
+                else "VNNI accumulates u8 x s8 in int32 without saturating"
+            )
+            note = f"int8 scheme for {target.describe()}: full 8-bit weights ({why})"
+    else:
+        reduce = recipe.reduce_range
+        details["reduce_range_from"] = "recipe"
+        chosen = "reduce_range 7-bit weights" if reduce else "full 8-bit weights"
+        if target.isa is None:
+            alone = "nothing (the CPU is unknown)"
+        else:
+            alone = "7-bit weights" if isa_default else "full 8-bit weights"
+        note = (
+            f"int8 scheme: {chosen}, set explicitly (--reduce-range, the recipe or the target's "
+            f"[recipe] table), which wins over the ISA; {target.describe()} alone gives {alone}"
+        )
+    details["reduce_range"] = reduce
+    details["note"] = note
+    return reduce, details
+
+
+def calibrate(
+    model: Path, recipe: Recipe, samples: Sequence[Feeds], workdir: Path
+) -> tuple[Any, dict[str, Any]]:
+    """ORT's calibration ranges (``TensorsData``) for ``model`` over ``samples``, streamed with
+    bounded memory, and what it took (chunks, peak RSS, seconds; ``note`` for the summary).
+
+    MinMax: ORT's ``collect_data`` once per chunk; each call reduces its chunk to per-tensor
+    min/max and merges them with the earlier ones by min/max, which is exact. (Its own
+    ``max_intermediate_outputs`` option is not used: in ORT 1.20-1.23 it discards the chunk
+    instead of merging it.) Entropy/percentile: see :func:`_stream_histograms`."""
+    from onnxruntime.quantization import CalibrationMethod, create_calibrator
+
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[recipe.calibration_method]
+    opts: dict[str, Any] = {"symmetric": recipe.activation_symmetric}
+    if recipe.calibration_method == "entropy":
+        opts.update(num_bins=_HIST_BINS, num_quantized_bins=_ENTROPY_QUANT_BINS)
+    elif recipe.calibration_method == "percentile":
+        opts.update(num_bins=_HIST_BINS, percentile=recipe.percentile)
+    with _quiet():
+        calibrator = create_calibrator(
+            model,
+            None,
+            augmented_model_path=str(workdir / "augmented.onnx"),
+            calibrate_method=method,
+            extra_options=opts,
+        )
+    histogram = recipe.calibration_method != "minmax"
+    available = _mem_available()
+    if histogram:
+        # Before any sample runs: a lower bound from the shapes ONNX inference knows.
+        _check_fits(_declared_bytes(calibrator), available, recipe.calibration_method)
+    with _PeakRss() as rss, _quiet():
+        start = time.perf_counter()
+        if histogram:
+            chunks, chunk, sample_bytes = _stream_histograms(calibrator, samples, available)
+        else:
+            it = iter(progress(samples, desc="calibrating"))
+            chunk, sample_bytes = _MINMAX_CHUNK, None
+            chunks = len(range(0, len(samples), chunk))
+            for _ in range(chunks):
+                calibrator.collect_data(_Chunk(it, chunk))
+        collected = time.perf_counter()
+        ranges = calibrator.compute_data()
+        done = time.perf_counter()
+    stats: dict[str, Any] = {
+        "method": recipe.calibration_method,
+        "samples": len(samples),
+        "chunks": chunks,
+        "chunk_samples": chunk,
+        "sample_activation_bytes": sample_bytes,
+        "peak_rss_bytes": rss.peak,
+        "rss_before_bytes": rss.start,
+        "peak_rss_measured": rss.how,
+        "seconds": round(done - start, 2),
+        "threshold_search_seconds": round(done - collected, 2),
+    }
+    peak = f", peak RSS {rss.peak / _GIB:.1f} GiB" if rss.peak else ""
+    note = (
+        f"calibration: {recipe.calibration_method} over {len(samples)} samples in {chunks} "
+        f"chunk{'s' if chunks != 1 else ''}{peak} (whole process; {rss.start / _GIB:.1f} GiB "
+        f"before), {done - start:.1f} s"
+        if rss.start
+        else f"calibration: {recipe.calibration_method} over {len(samples)} samples in "
+        f"{chunks} chunks, {done - start:.1f} s"
+    )
+    search = done - collected
+    if recipe.calibration_method == "entropy" and search > 0.5 * (done - start):
+        tensors = len(calibrator.tensors_to_calibrate or ())
+        note += (
+            f"; {search:.0f} s of it in ORT's KL threshold search, a Python loop over "
+            f"{(_HIST_BINS - _ENTROPY_QUANT_BINS) // 2 + 1} candidate thresholds for each of "
+            f"{tensors} tensors, whatever the sample count (minmax or percentile skip it)"
+        )
+    stats["note"] = note
+    return ranges, stats
+
+
+def _stream_histograms(
+    calibrator: Any, samples: Sequence[Feeds], available: int | None
+) -> tuple[int, int, int]:
+    """Entropy/percentile histograms over ``samples`` a chunk at a time; (chunks, chunk size,
+    bytes of one sample's activations).
+
+    ORT's HistogramCalibrater keeps every activation of every sample, then histograms each
+    tensor over [-T, T], T its largest |value|. Given more data later, ORT's collector widens
+    the histogram by whole bins of the first call's width, so chunks fed to it one after
+    another would end on other bins than the all-at-once histogram. Here a first pass runs
+    every sample once and keeps only each tensor's min, max (and min |value| for symmetric
+    percentile); the collector starts from empty histograms on exactly the bins the
+    all-at-once call would have made, and every chunk then lands on those bins (ORT's
+    ``merge_histogram`` adds counts when the range does not grow). Counts, bins and min/max
+    are then the all-at-once ones, so the ranges are too; the price is running each sample
+    twice."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    sess = calibrator.infer_session
+    names = [o.name for o in sess.get_outputs()]
+    graph_inputs = {i.name for i in sess.get_inputs()}
+    wanted = [(i, n) for i, n in enumerate(names) if n in calibrator.tensors_to_calibrate]
+    absolute = calibrator.method == "percentile" and calibrator.symmetric
+    lo: dict[str, Any] = {}
+    hi: dict[str, Any] = {}
+    lo_abs: dict[str, Any] = {}
+    dtypes: dict[str, Any] = {}
+    sample_bytes = largest = 0
+    for feeds in progress(samples, desc="calibrating: ranges"):
+        outs = sess.run(None, dict(feeds))
+        size = sum(outs[i].nbytes for i, _ in wanted)
+        if size > sample_bytes:
+            sample_bytes = size
+            _check_fits(size, available, calibrator.method)
+        for i, name in wanted:
+            arr = outs[i]
+            largest = max(largest, arr.nbytes)
+            dtypes[name] = arr.dtype
+            if arr.size == 0:
+                continue
+            # fmin/fmax skip NaN as ORT's nanmin/nanmax do
+            mn, mx = np.nanmin(arr), np.nanmax(arr)
+            lo[name] = mn if name not in lo else np.fmin(lo[name], mn)
+            hi[name] = mx if name not in hi else np.fmax(hi[name], mx)
+            if absolute:
+                amin = np.nanmin(np.abs(arr))
+                lo_abs[name] = amin if name not in lo_abs else np.fmin(lo_abs[name], amin)
+        del outs
+    collector = HistogramCollector(
+        method=calibrator.method,
+        symmetric=calibrator.symmetric,
+        num_bins=calibrator.num_bins,
+        num_quantized_bins=calibrator.num_quantized_bins,
+        percentile=calibrator.percentile,
+        scenario=calibrator.scenario,
+    )
+    bins = calibrator.num_bins
+    for _, name in wanted:
+        dtype = dtypes[name]
+        mn = lo.get(name, np.array(0, dtype))
+        mx = hi.get(name, np.array(0, dtype))
+        if absolute:
+            # ORT's first histogram of |x| spans [min |x|, max |x|] (np.histogram's own range)
+            ends = np.array([lo_abs.get(name, 0), max(abs(mn), abs(mx))], dtype)
+            edges = np.histogram(ends, bins=bins)[1].astype(dtype)
+            collector.histogram_dict[name] = (np.zeros(bins, np.int64), edges, mn, mx)
+        else:
+            threshold = np.array(max(abs(mn), abs(mx)), dtype=dtype)
+            edges = np.histogram(np.empty(0, dtype), bins, range=(-threshold, threshold))[1]
+            collector.histogram_dict[name] = (np.zeros(bins, np.int64), edges, mn, mx, threshold)
+    budget = (
+        _MAX_CHUNK_BYTES if available is None else min(_MAX_CHUNK_BYTES, available * _MEM_SHARE)
+    )
+    chunk = int(max(1, min(_MAX_CHUNK, len(samples), budget // max(1, sample_bytes + largest))))
+    chunks = 0
+    held: dict[str, list[np.ndarray]] = {name: [] for _, name in wanted}
+    for k, feeds in enumerate(progress(samples, desc="calibrating: histograms"), 1):
+        outs = sess.run(None, dict(feeds))
+        for i, name in wanted:
+            # ORT copies outputs that are graph inputs (onnxruntime#21922); so do we
+            held[name].append(outs[i].copy() if name in graph_inputs else outs[i])
+        del outs
+        if k % chunk == 0 or k == len(samples):
+            collector.collect(held)
+            held = {name: [] for _, name in wanted}
+            chunks += 1
+    calibrator.collector = collector
+    return chunks, chunk, sample_bytes
+
+
+def _declared_bytes(calibrator: Any) -> int:
+    """Bytes of one sample's calibrated activations from the shapes ONNX shape inference wrote
+    into the augmented model; a symbolic dimension counts as 1, so this is a lower bound."""
+    from onnx import helper
+
+    infos = {vi.name: vi for vi in calibrator.model.graph.value_info}
+    infos.update({vi.name: vi for vi in calibrator.model.graph.output})
+    total = 0
+    for name in calibrator.tensors_to_calibrate or ():
+        vi = infos.get(name)
+        if vi is None or not vi.type.HasField("tensor_type"):
+            continue
+        kind = vi.type.tensor_type
+        try:
+            itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(kind.elem_type)).itemsize
+        except (KeyError, TypeError, ValueError):
+            continue
+        count = 1
+        for dim in kind.shape.dim:
+            count *= dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else 1
+        total += count * itemsize
+    return total
+
+
+def _check_fits(sample_bytes: int, available: int | None, method: str) -> None:
+    """Refuse a histogram calibration that cannot fit even one sample at a time: it holds one
+    sample's activations and a copy of a tensor's while histogramming."""
+    if available is None or 2 * sample_bytes <= available:
+        return
+    raise DataError(
+        f"--calibration-method {method} needs the activations of one sample in memory, about "
+        f"{2 * sample_bytes / _GIB:.1f} GiB for this model, and {available / _GIB:.1f} GiB is "
+        "available; use --calibration-method minmax (per-tensor ranges only), smaller inputs, "
+        "or a machine with more memory"
+    )
+
+
+def _mem_available() -> int | None:
+    """MemAvailable from /proc/meminfo in bytes; None where there is none."""
+    try:
+        text = Path("/proc/meminfo").read_text()
+    except OSError:
+        return None
+    found = re.search(r"^MemAvailable:\s+(\d+) kB", text, re.MULTILINE)
+    return int(found.group(1)) * 1024 if found else None
+
+
+def _status_bytes(key: str) -> int | None:
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    found = re.search(rf"^{key}:\s+(\d+) kB", text, re.MULTILINE)
+    return int(found.group(1)) * 1024 if found else None
+
+
+class _PeakRss:
+    """The peak resident set size of this whole process over a ``with`` block.
+
+    Linux keeps the peak (VmHWM) itself, and writing 5 to /proc/self/clear_refs resets it to
+    the current RSS, so the peak read at the end is the kernel's exact one for the block
+    (``how = "VmHWM"``). Where that reset is refused, a thread samples VmRSS every 20 ms and
+    can miss a short spike (``how = "sampled VmRSS"``); without /proc, ``peak`` is None."""
+
+    def __init__(self) -> None:
+        self.start: int | None = None
+        self.peak: int | None = None
+        self.how = "unavailable"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _PeakRss:
+        self.start = _status_bytes("VmRSS")
+        if self.start is None:
+            return self
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self.how = "VmHWM"
+        except OSError:
+            self.how = "sampled VmRSS"
+            self.peak = self.start
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            rss = _status_bytes("VmRSS") or 0
+            self.peak = max(self.peak or 0, rss)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.how == "VmHWM":
+            self.peak = _status_bytes("VmHWM")
+        elif self._thread is not None:
+            self._stop.set()
+            self._thread.join()
 
 
 # Per-channel DequantizeLinear (its ``axis`` attribute) exists from opset 13 on.

@@ -61,16 +61,30 @@ def _graph_inputs(model: Any) -> list[TensorSpec]:
     return value_specs([i for i in model.graph.input if i.name not in init_names])
 
 
-def _build(model: Any, overrides: Mapping[str, Sequence[int]]) -> SourceModel:
+def _build(
+    model: Any, overrides: Mapping[str, Sequence[int]], dynamic: Sequence[str] = ()
+) -> SourceModel:
     import onnx
 
     notes: list[str] = []
     raw_inputs = _graph_inputs(model)
+    _check_dynamic_names(raw_inputs, dynamic)
     inputs = fix_shapes(raw_inputs, overrides, notes)
-    for before, after in zip(raw_inputs, inputs, strict=True):
+    kept = [b for b in raw_inputs if b.name in dynamic]
+    # A kept input keeps its declared dims in the graph; its fixed shape is for data only.
+    fixed = [(b, a) for b, a in zip(raw_inputs, inputs, strict=True) if b.name not in dynamic]
+    if kept:
+        notes[:] = [n for n in notes if not any(f"'{k.name}'" in n for k in kept)]
+        notes.append(
+            "dynamic dimensions kept for "
+            + ", ".join(f"'{k.name}' {list(k.shape)}" for k in kept)
+            + "; calibration and checks use "
+            + ", ".join(f"{a.name}={list(a.shape)}" for a in inputs if a.name in dynamic)
+        )
+    for before, after in fixed:
         if before.shape != after.shape:
             _set_input_shape(model, after)
-    if any(b.shape != a.shape for b, a in zip(raw_inputs, inputs, strict=True)):
+    if any(b.shape != a.shape for b, a in fixed):
         # Output shapes declared by the exporter may be stale or wrong; let inference redo them.
         for out in model.graph.output:
             out.type.tensor_type.ClearField("shape")
@@ -116,7 +130,21 @@ def _build(model: Any, overrides: Mapping[str, Sequence[int]]) -> SourceModel:
         run=run,
         to_onnx=to_onnx,
         notes=notes,
+        dynamic=kept,
     )
+
+
+def _check_dynamic_names(inputs: Sequence[TensorSpec], dynamic: Sequence[str]) -> None:
+    names = [s.name for s in inputs]
+    unknown = [d for d in dynamic if d not in names]
+    if unknown:
+        raise UsageError(f"--dynamic {', '.join(unknown)}: no such input; the inputs are {names}")
+    static = [s.name for s in inputs if s.name in dynamic and s.is_static]
+    if static:
+        raise UsageError(
+            f"--dynamic {', '.join(static)}: the model declares that input with a fixed shape; "
+            "only dimensions the model leaves dynamic can stay dynamic"
+        )
 
 
 def _set_input_shape(model: Any, spec: TensorSpec) -> None:
@@ -128,12 +156,17 @@ def _set_input_shape(model: Any, spec: TensorSpec) -> None:
                 dim.dim_value = int(size)
 
 
-def load(path: Path, overrides: Mapping[str, Sequence[int]]) -> SourceModel:
-    return _build(_read(path), overrides)
+def load(
+    path: Path, overrides: Mapping[str, Sequence[int]], dynamic: Sequence[str] = ()
+) -> SourceModel:
+    return _build(_read(path), overrides, dynamic)
 
 
 def from_object(
-    obj: Any, overrides: Mapping[str, Sequence[int]], example_inputs: Sequence[Any] | None
+    obj: Any,
+    overrides: Mapping[str, Sequence[int]],
+    example_inputs: Sequence[Any] | None,
+    dynamic: Sequence[str] = (),
 ) -> SourceModel:
     if example_inputs is not None:
         raise UsageError("example_inputs is for PyTorch modules; for ONNX use input_shapes")
@@ -141,7 +174,7 @@ def from_object(
 
     model = onnx.ModelProto()
     model.CopyFrom(obj)
-    return _build(model, overrides)
+    return _build(model, overrides, dynamic)
 
 
 def op_histogram(graph: Any) -> Counter[str]:
@@ -159,6 +192,8 @@ def op_histogram(graph: Any) -> Counter[str]:
 
 
 def describe(path: Path) -> dict[str, Any]:
+    from edgekit.intake.compression import onnx_numerics
+
     model = _read(path)
     params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
     return {
@@ -168,4 +203,6 @@ def describe(path: Path) -> dict[str, Any]:
         "ops": dict(op_histogram(model.graph).most_common()),
         "opset": {o.domain or "ai.onnx": o.version for o in model.opset_import},
         "producer": f"{model.producer_name} {model.producer_version}".strip(),
+        # already quantized or fp16 weights: what the plan stage refuses or warns about
+        "numerics": onnx_numerics(model).to_json(),
     }

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import ConversionError, ModelFormatError, UsageError, require
+from edgekit.errors import ConversionError, ModelFormatError, UsageError, first_line, require
 from edgekit.model import Feeds, SourceModel, TensorSpec, fix_shapes
 
 
@@ -107,7 +107,17 @@ def load(path: Path, overrides: Mapping[str, Sequence[int]]) -> SourceModel:
     for d, spec in zip(interp.get_input_details(), inputs, strict=True):
         if tuple(d["shape"]) != spec.shape:
             interp.resize_tensor_input(d["index"], spec.shape)
-    interp.allocate_tensors()
+    # Allocation applies LiteRT's CPU delegate, which logs from C++ to the terminal.
+    from edgekit.backends.tflite.runner import NativeStderr
+
+    quiet = NativeStderr()
+    try:
+        with quiet:
+            interp.allocate_tensors()
+    except (ValueError, RuntimeError) as exc:
+        raise ModelFormatError(
+            f"{path.name}: LiteRT cannot allocate the model: {first_line(exc)}{quiet.detail()}"
+        ) from exc
     outputs = [_details_spec(d) for d in interp.get_output_details()]
 
     def run(feeds: Feeds) -> list[np.ndarray]:
@@ -150,6 +160,8 @@ def from_object(
 
 
 def describe(path: Path) -> dict[str, Any]:
+    from edgekit.intake.compression import tflite_numerics
+
     interp = _interpreter(path)
     ops: Counter[str] = Counter(op["op_name"] for op in interp._get_ops_details())
     io_map, keys = _io_map(path), _signature_keys(interp)
@@ -160,4 +172,5 @@ def describe(path: Path) -> dict[str, Any]:
         # reliably needs the flatbuffer schema, so this is left unknown rather than guessed.
         "parameters": None,
         "ops": dict(ops.most_common()),
+        "numerics": tflite_numerics(path.read_bytes()).to_json(),
     }

@@ -70,6 +70,8 @@ _BITS = {"f32": 32, "f16": 16, "bf16": 16, "i64": 64, "i32": 32, "i8": 8, "u8": 
 CAPABILITIES = Capabilities(
     sources=tuple(CONVERTERS),
     precisions=("fp32", "fp16", "int8", "int8-weights", "int4-weights"),
+    # The ONNX frontend reads dynamic dims as OpenVINO's own (-1); NNCF quantizes such models.
+    dynamic_sources=("onnx",),
     unsupported=(
         Unsupported(
             "io_dtype",
@@ -208,10 +210,12 @@ class OpenVinoBackend:
             # the FP32 size the export summary compares against.
             details["fp32_size_bytes"] = sum(constant_bytes(model).values())
         advice: list[str] = []
+        notes: list[str] = []
         try:
             with quiet():
                 if recipe.precision == "int8":
                     model, more = quantize_int8(model, recipe, calibration)
+                    notes.append(more["scheme"].pop("note"))
                     details["quantization"] = more
                 elif recipe.precision in ("int8-weights", "int4-weights"):
                     model, more = compress_weights(model, recipe)
@@ -251,7 +255,11 @@ class OpenVinoBackend:
                 "runtime.inference_precision in the sidecar"
             )
         return ExportOutput(
-            primary=xml, files=[xml, xml.with_suffix(".bin")], details=details, warnings=advice
+            primary=xml,
+            files=[xml, xml.with_suffix(".bin")],
+            details=details,
+            warnings=advice,
+            notes=notes,
         )
 
 

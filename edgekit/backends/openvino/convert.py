@@ -165,14 +165,17 @@ def _match_ports(ports: Sequence[Any], specs: Sequence[TensorSpec]) -> list[Any]
 
 
 def _align_io(model: Any, source: SourceModel) -> None:
-    """Give the IR the source's static input shapes and the source's input/output names, so
-    the same feed dicts work on the source and on the artifact."""
+    """Give the IR the source's static input shapes (but for inputs kept dynamic) and the
+    source's input/output names, so the same feed dicts work on the source and on the
+    artifact."""
     ov = load_openvino()
     inputs = _match_ports(model.inputs, source.inputs)
+    # An input kept dynamic (--dynamic) keeps the frontend's dynamic dims (-1).
+    kept = {spec.name for spec in source.dynamic}
     shapes = {
         port: ov.PartialShape(list(spec.shape))
         for port, spec in zip(inputs, source.inputs, strict=True)
-        if port.get_partial_shape() != ov.PartialShape(list(spec.shape))
+        if spec.name not in kept and port.get_partial_shape() != ov.PartialShape(list(spec.shape))
     }
     if shapes:
         try:

@@ -6,6 +6,11 @@ ranges); the weight-only modes leave activations float and suit MatMul-heavy tra
 models. Both honour ``--keep-float`` as an NNCF ignored scope, and both switch NNCF to its
 TRANSFORMER model type when the graph has attention, so that NNCF protects those patterns.
 Each returns the compressed model and the details that go into the export sidecar.
+
+``int8`` picks NNCF's overflow fix from the deployment ISA (the target's ``isa``, else this
+machine's, :mod:`edgekit.cpu`) unless the recipe sets ``reduce_range``: NNCF's own guidance
+(the ``OverflowFix`` docstring) is FIRST_LAYER for CPUs without VNNI, whose SSE/AVX2/AVX-512
+int8 instructions saturate, and nothing is needed with VNNI/AMX or on ARM.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.backends.openvino.runtime import load_nncf
+from edgekit.cpu import deployment_isa
 from edgekit.errors import DataError, UsageError
 from edgekit.model import Feeds
 from edgekit.progress import progress
@@ -100,6 +106,49 @@ def _range_estimator(nncf: Any, recipe: Recipe) -> Any:
     raise UsageError(f"--calibration-method {recipe.calibration_method} is not available here")
 
 
+def overflow_fix(kinds: Any, recipe: Recipe) -> tuple[Any, dict[str, Any]]:
+    """NNCF's ``OverflowFix`` for ``recipe`` (``kinds`` is that enum), with the details and
+    the ``note`` that say why.
+
+    An explicit ``reduce_range`` keeps its meaning on every backend: 7-bit weights in every
+    layer (ENABLE) or none (DISABLE). Otherwise the deployment ISA decides, as NNCF advises:
+    FIRST_LAYER where u8 x s8 saturates (x86 without VNNI: the first layer sees raw, unnormalised
+    inputs and overflows most), DISABLE where kernels accumulate in int32 (VNNI, AMX, ARM)."""
+    target = deployment_isa(recipe.isa)
+    details: dict[str, Any] = {**target.to_json()}
+    if recipe.reduce_range is None:
+        details["overflow_fix_from"] = "isa"
+        if target.saturates:
+            fix = kinds.FIRST_LAYER
+            note = (
+                f"int8 scheme for {target.describe()}: NNCF overflow fix on the first layer "
+                "(7-bit weights there), as NNCF advises for SSE/AVX2/AVX-512 int8 without VNNI; "
+                "--reduce-range makes every layer 7-bit"
+            )
+        else:
+            fix = kinds.DISABLE
+            why = (
+                "the CPU is unknown; NNCF's fix is for x86 without VNNI"
+                if target.isa is None
+                else "its int8 kernels accumulate in int32 and do not saturate"
+            )
+            note = (
+                f"int8 scheme for {target.describe()}: full 8-bit weights, no overflow fix ({why})"
+            )
+    else:
+        details["overflow_fix_from"] = "recipe"
+        fix = kinds.ENABLE if recipe.reduce_range else kinds.DISABLE
+        alone = "the first layer 7-bit" if target.saturates else "no overflow fix"
+        chosen = "7-bit weights in every layer" if recipe.reduce_range else "full 8-bit weights"
+        note = (
+            f"int8 scheme: NNCF overflow fix {fix.value} ({chosen}), set explicitly "
+            f"(--reduce-range, the recipe or the target's [recipe] table), which wins over the "
+            f"ISA; {target.describe()} alone gives {alone}"
+        )
+    details["note"] = note
+    return fix, details
+
+
 def quantize_int8(
     model: Any, recipe: Recipe, calibration: Sequence[Feeds]
 ) -> tuple[Any, dict[str, Any]]:
@@ -119,10 +168,9 @@ def quantize_int8(
         if recipe.activation_symmetric
         else nncf.QuantizationPreset.MIXED
     )
+    fix, scheme = overflow_fix(OverflowFix, recipe)
     advanced = AdvancedQuantizationParameters(
-        # Full 8-bit weights unless asked: 7-bit ("overflow fix") only matters on x86 CPUs
-        # without VNNI, where the u8*s8 multiply-add saturates.
-        overflow_fix=OverflowFix.ENABLE if recipe.reduce_range else OverflowFix.DISABLE,
+        overflow_fix=fix,
         weights_quantization_params=QuantizationParameters(per_channel=recipe.per_channel),
         activations_range_estimator_params=_range_estimator(nncf, recipe),
     )
@@ -145,6 +193,7 @@ def quantize_int8(
         "model_type": "transformer" if transformer else "default",
         "fast_bias_correction": True,
         "overflow_fix": advanced.overflow_fix.value,
+        "scheme": scheme,
         "calibration_method": recipe.calibration_method,
         "calibration_samples": len(calibration),
         "keep_float": list(recipe.keep_float),

@@ -1,7 +1,8 @@
 """TFLite / LiteRT backend: ``.tflite`` artifacts at fp32, fp16, int8-dynamic, int8 and int16x8.
 
 The flow for every source: convert to an FP32 ``.tflite`` (TFLiteConverter for Keras and
-SavedModel, litert-torch for PyTorch; :mod:`~edgekit.backends.tflite.convert`), quantize it
+SavedModel, litert-torch for PyTorch; :mod:`~edgekit.backends.tflite.convert`; a ``.tflite``
+source is its own FP32 form, made quantizable: :mod:`~edgekit.backends.tflite.source`), quantize it
 with ai-edge-quantizer (:mod:`~edgekit.backends.tflite.quantize`), store the source<->artifact
 I/O map in the file's metadata, check the file in a child process (LiteRT can crash on a bad
 model; :mod:`~edgekit.backends.tflite.validate`), then report what is not integer
@@ -34,6 +35,7 @@ import numpy as np
 from edgekit.backends.base import Capabilities, Converted, ExportOutput, Unsupported, cpu_only
 from edgekit.backends.tflite import runner as _runner
 from edgekit.backends.tflite.session import TFLiteSession, write_io_map
+from edgekit.backends.tflite.source import SIGNATURE
 from edgekit.errors import UsageError, require
 from edgekit.model import Feeds, SourceModel
 from edgekit.recipe import NEEDS_CALIBRATION, Recipe
@@ -63,7 +65,7 @@ def _calibration_feeds(
 _PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic", "int16x8")
 CAPABILITIES = Capabilities(
     # ONNX has no in-environment route; see convert.py.
-    sources=("keras", "savedmodel", "torch"),
+    sources=("keras", "savedmodel", "torch", "tflite"),
     precisions=_PRECISIONS,
     unsupported=(
         Unsupported(
@@ -98,6 +100,50 @@ CAPABILITIES = Capabilities(
         ),
     ),
 )
+
+
+_CONVERTERS = {"torch": "litert-torch", "tflite": "none: the .tflite source's own graph"}
+
+
+def _tflite_source_notes(
+    facts: dict[str, Any],
+    converted: Any,
+    source: SourceModel,
+    recipe: Recipe,
+    calibration: Sequence[Feeds],
+) -> list[str]:
+    """What a ``.tflite`` source's export says about its FP32 form (see tflite/source.py); an
+    already-quantized source is refused at any precision but fp32."""
+    from edgekit.backends.tflite.source import CHECK_SAMPLES, check_widened
+    from edgekit.calibration import load_samples
+
+    notes = list(facts.get("notes", []))
+    numerics = facts.get("numerics") or {}
+    name = source.path.name if source.path else "the source"
+    if numerics.get("quantized"):
+        if recipe.precision != "fp32":
+            raise UsageError(
+                f"{name} is already quantized ({numerics['kind']}: {numerics['evidence']}), and "
+                f"--precision {recipe.precision} would quantize its dequantized weights again, "
+                "no smaller and less accurate: export it at --precision fp32 to run it as it "
+                "is, or quantize the float model it was made from"
+            )
+        notes.append(f"{name} is already quantized ({numerics['kind']}): fp32 keeps it as it is")
+    if facts.get("widened"):
+        feeds = list(calibration[:CHECK_SAMPLES])
+        what = "calibration samples"
+        if not feeds:
+            feeds = load_samples("random", source.inputs, limit=4, seed=recipe.seed)
+            what = "random inputs (no calibration data given)"
+        notes.append(check_widened(converted.model, source, feeds, converted.io_map(), what))
+        if recipe.precision == "fp32":
+            ratio = len(converted.model) / max(source.size_bytes, 1)
+            notes.append(
+                f"fp32: {name} stores fp16 weights; this artifact holds them as float32 (the "
+                f"same values, {ratio:.2f}x the source's size) and runs no DEQUANTIZE. "
+                "--precision fp16 keeps the source's size"
+            )
+    return notes
 
 
 class TFLiteBackend:
@@ -152,8 +198,24 @@ class TFLiteBackend:
 
     def convert(self, source: SourceModel, folder: Path) -> Converted:
         from edgekit.backends.tflite.convert import convert
+        from edgekit.backends.tflite.source import prepare
 
         require("ai_edge_litert.interpreter", "tflite")
+        if source.format == "tflite":
+            prepared = prepare(source)
+            (folder / "model.tflite").write_bytes(prepared.model)
+            meta = {
+                "inputs": prepared.inputs,
+                "outputs": prepared.outputs,
+                "notes": [],
+                "signature": prepared.signature,
+                "tflite_source": {
+                    "widened": prepared.widened,
+                    "numerics": prepared.numerics,
+                    "notes": prepared.notes,
+                },
+            }
+            return Converted(folder, ["model.tflite"], meta)
         scratch = folder / ".work"
         scratch.mkdir()
         try:
@@ -186,8 +248,13 @@ class TFLiteBackend:
             list(fp32.meta.get("notes", [])),
         )
         warnings: list[str] = list(converted.notes)
+        notes: list[str] = []
+        signature = fp32.meta.get("signature", SIGNATURE)
+        from_tflite = fp32.meta.get("tflite_source")
+        if from_tflite is not None:
+            notes += _tflite_source_notes(from_tflite, converted, source, recipe, calibration)
         details: dict[str, Any] = {
-            "converter": "litert-torch" if source.format == "torch" else "TFLiteConverter",
+            "converter": _CONVERTERS.get(source.format, "TFLiteConverter"),
             "quantizer": None if recipe.precision == "fp32" else "ai-edge-quantizer",
             "io_map": converted.io_map(),
             "fp32_size_bytes": len(converted.model),
@@ -206,7 +273,7 @@ class TFLiteBackend:
         model = converted.model
         if recipe.precision != "fp32":
             calib = _calibration_feeds(calibration, converted.inputs)
-            model = quantize(model, recipe, calib)
+            model = quantize(model, recipe, calib, signature)
         out = workdir / f"{stem}{self.suffix}"
         tmp = workdir / f".{stem}.partial"
         tmp.write_bytes(write_io_map(model, converted.io_map()))
@@ -227,14 +294,17 @@ class TFLiteBackend:
         if recipe.precision == "int16x8":
             warnings.append(_INT16_WARNING)
         if recipe.precision in ("int8", "int8-dynamic", "int16x8"):
-            self._payoff(converted.model, model, recipe, details, warnings)
-        return ExportOutput(primary=out, files=[out], details=details, warnings=warnings)
+            self._payoff(converted.model, model, recipe, signature, details, warnings)
+        return ExportOutput(
+            primary=out, files=[out], details=details, warnings=warnings, notes=notes
+        )
 
     def _payoff(
         self,
         fp32: bytes,
         quantized: bytes,
         recipe: Recipe,
+        signature: str,
         details: dict[str, Any],
         warnings: list[str],
     ) -> None:
@@ -249,7 +319,7 @@ class TFLiteBackend:
         if recipe.precision == "int8" and figures["int8"] > figures["fp32"]:
             # Slower than FP32: see whether weight-only dynamic INT8 is the better suggestion.
             dynamic = quantize(
-                fp32, replace(recipe, precision="int8-dynamic", io_dtype="float"), []
+                fp32, replace(recipe, precision="int8-dynamic", io_dtype="float"), [], signature
             )
             figures = median_us({**models, "int8-dynamic": dynamic}) or figures
         details["latency_check_us"] = {k: round(v, 1) for k, v in figures.items()}

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.backends.tflite.runner import NativeStderr
 from edgekit.errors import ConversionError, UsageError, first_line, require
 from edgekit.model import Feeds
 from edgekit.progress import enabled as progress_enabled
@@ -140,10 +141,14 @@ def _check_keep_float(patterns: Sequence[str], scopes: list[str]) -> None:
 
 
 @contextlib.contextmanager
-def _quiet(keep_bar: bool = False) -> Iterator[None]:
+def _quiet(native: NativeStderr, keep_bar: bool = False) -> Iterator[None]:
     """The quantizer prints a size report, and draws its own progress bar on stderr: that bar
-    is kept for calibration (the long part) when edgekit shows progress at all."""
+    is kept for calibration (the long part) when edgekit shows progress at all. The
+    interpreters it creates log from C++ (``native``), except while the bar is drawn: by then
+    they exist, and LiteRT logs its delegate once per process."""
     with contextlib.ExitStack() as stack:
+        if not keep_bar:
+            stack.enter_context(native)  # first in, last out: re-emits to the real stderr
         stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
         # Its calibrator warns that preserving all tensors is for debugging: it is how it
         # calibrates.
@@ -154,34 +159,42 @@ def _quiet(keep_bar: bool = False) -> Iterator[None]:
         yield
 
 
-def quantize(model: bytes, recipe: Recipe, calibration: Sequence[Feeds]) -> bytes:
-    """The quantized model. ``calibration`` feeds are keyed by signature input name."""
+def quantize(
+    model: bytes, recipe: Recipe, calibration: Sequence[Feeds], signature: str = SIGNATURE
+) -> bytes:
+    """The quantized model. ``calibration`` feeds are keyed by the input names of the model's
+    ``signature``, the one it is calibrated through."""
     require("ai_edge_quantizer", "tflite")
     from ai_edge_quantizer import calibrator, quantizer, recipe_manager
 
     if recipe.keep_float:
         _check_keep_float(recipe.keep_float, op_scopes(model))
-    q = quantizer.Quantizer(bytearray(model))
-    for rule in _configs(recipe):
-        q.update_quantization_recipe(**rule)
+    native = NativeStderr(handled=(Exception,))
     ranges = None
     try:
+        with _quiet(native):
+            q = quantizer.Quantizer(bytearray(model))
+            for rule in _configs(recipe):
+                q.update_quantization_recipe(**rule)
         if q.need_calibration:
             if not calibration:
                 raise UsageError(f"precision {recipe.precision} needs calibration data")
             manager = recipe_manager.RecipeManager()
             manager.load_quantization_recipe(q.get_quantization_recipe())
-            with _quiet(keep_bar=True):
+            with _quiet(native):
                 calib = calibrator.Calibrator(
                     bytes(model), num_threads=1, qsv_update_func=_full_minmax
                 )
-                calib.calibrate({SIGNATURE: [dict(f) for f in calibration]}, manager)
+            with _quiet(native, keep_bar=True):
+                calib.calibrate({signature: [dict(f) for f in calibration]}, manager)
             ranges = calib.get_model_qsvs()
-        with _quiet():
+        with _quiet(native):
             result = q.quantize(ranges, enable_progress_report=False)
     except UsageError:
         raise
     except Exception as exc:
         first = first_line(exc)
-        raise ConversionError(f"ai-edge-quantizer failed ({recipe.precision}): {first}") from exc
+        raise ConversionError(
+            f"ai-edge-quantizer failed ({recipe.precision}): {first}{native.detail()}"
+        ) from exc
     return bytes(result.quantized_model)

@@ -14,14 +14,19 @@ are edgekit's business: the parent renames and transposes ``--inputs`` before th
 
 This file imports nothing of edgekit, so what :mod:`edgekit.backends.tflite.session` needs to
 agree with it lives here and the session imports it: the ``edgekit_io`` metadata entry and its
-reader, which signature runs and in which order its outputs come, tensor dtypes and shapes, and
-the effective precision of the compute ops.
+reader, which signature runs and in which order its outputs come, tensor dtypes and shapes, the
+effective precision of the compute ops, and :class:`NativeStderr`, which keeps LiteRT's C++ log
+chatter off the terminal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
 import sys
+import tempfile
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -29,6 +34,12 @@ RUNTIME = "litert"
 PIP = "ai-edge-litert"
 METADATA_NAME = "edgekit_io"  # edgekit's source<->artifact I/O map inside an exported file
 _COMPUTE_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "TRANSPOSE_CONV"}
+#: what LiteRT's C++ runtime logs at INFO when it applies its default CPU delegate: news to
+#: nobody, and printed straight to file descriptor 2, past Python's sys.stderr
+_CHATTER = re.compile(
+    r"INFO: (Created TensorFlow Lite XNNPACK delegate for CPU\."
+    r"|Replacing \d+ (out of \d+ )?node\(s\) with delegate .*)"
+)
 
 
 class DeviceNotAvailable(RuntimeError):
@@ -59,6 +70,50 @@ def io_map(path: str) -> dict[str, Any] | None:
 
 
 # ---------------------------------------------------------------- shared with edgekit's session
+
+
+class NativeStderr:
+    """Around creating (and allocating) a LiteRT interpreter: file descriptor 2 goes to a
+    temporary file, because LiteRT writes its log from C++ there and neither an option nor an
+    environment variable of the Python package silences it.
+
+    On leaving, the known INFO chatter (:data:`_CHATTER`) is dropped and every other line is
+    written back to ``sys.stderr``, so real warnings and errors still reach the user. When the
+    block raises one of ``handled`` (the errors the caller turns into its own message), the
+    lines are kept in :attr:`lines` instead, for :meth:`detail` to put into that message. One
+    instance may be entered again: :attr:`lines` collects every round's.
+    """
+
+    def __init__(self, handled: tuple[type[BaseException], ...] = (ValueError, RuntimeError)):
+        self.handled = handled
+        self.lines: list[str] = []
+
+    def __enter__(self) -> NativeStderr:
+        with contextlib.suppress(AttributeError, ValueError, OSError):  # closed or replaced
+            sys.stderr.flush()
+        self._file = tempfile.TemporaryFile()
+        self._saved = os.dup(2)
+        os.dup2(self._file.fileno(), 2)
+        return self
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        self._file.seek(0)
+        text = self._file.read().decode("utf-8", "replace")
+        self._file.close()
+        new = [ln for ln in text.splitlines() if ln.strip() and not _CHATTER.fullmatch(ln.strip())]
+        self.lines += new
+        if new and not (kind is not None and issubclass(kind, self.handled)):
+            sys.stderr.write("\n".join(new) + "\n")
+            sys.stderr.flush()
+        return False
+
+    def detail(self) -> str:
+        """What LiteRT logged, for an error message: ' (LiteRT: …)', or '' if nothing."""
+        if not self.lines:
+            return ""
+        return f" (LiteRT: {' '.join(' '.join(self.lines).split())[:300]})"
 
 
 def read_io_map(data: bytes) -> dict[str, Any] | None:
@@ -181,8 +236,9 @@ class _Model:
                 f"this runner uses LiteRT's CPU interpreter; there is no '{opts.accelerator}' "
                 "(available: CPU; for a phone use --device adb://SERIAL)"
             )
-        self._it = rt.Interpreter(model_path=path, num_threads=opts.threads)
-        self._it.allocate_tensors()
+        with NativeStderr(handled=()):
+            self._it = rt.Interpreter(model_path=path, num_threads=opts.threads)
+            self._it.allocate_tensors()
         details = self._it.get_input_details()
         names = signature_names(self._it, "inputs", [d["index"] for d in details])
         self._index = {names.get(d["index"], d["name"]): d["index"] for d in details}

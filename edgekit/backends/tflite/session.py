@@ -109,15 +109,21 @@ class TFLiteSession:
         if not path.is_file():
             raise ModelNotFoundError(f"artifact not found: {path}")
         data = path.read_bytes()
+        quiet = _runner.NativeStderr()
         try:
-            # BUILTIN applies the default delegates, i.e. XNNPACK on CPU.
-            self._interp = interp_mod.Interpreter(
-                model_content=data,
-                num_threads=threads or os.cpu_count() or 1,
-                experimental_op_resolver_type=interp_mod.OpResolverType.BUILTIN,
-            )
+            with quiet:
+                # BUILTIN applies the default delegates, i.e. XNNPACK on CPU. Allocating here,
+                # not lazily in the first run, keeps what LiteRT logs then inside ``quiet``.
+                self._interp = interp_mod.Interpreter(
+                    model_content=data,
+                    num_threads=threads or os.cpu_count() or 1,
+                    experimental_op_resolver_type=interp_mod.OpResolverType.BUILTIN,
+                )
+                self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            raise ModelFormatError(f"LiteRT cannot load {path.name}: {first_line(exc)}") from exc
+            raise ModelFormatError(
+                f"LiteRT cannot load {path.name}: {first_line(exc)}{quiet.detail()}"
+            ) from exc
         io_map = read_io_map(data) or {}
         key = _runner.signature_key(self._interp.get_signature_list())
         self._runner = None
@@ -132,7 +138,6 @@ class TFLiteSession:
             self._in_keys = [s for _, s in in_pairs]
             self._out_keys = [s for _, s in out_pairs]
         else:  # an old file without signatures: tensors in graph order
-            self._interp.allocate_tensors()
             in_list = [(d["name"], d) for d in self._interp.get_input_details()]
             out_list = [(d["name"], d) for d in self._interp.get_output_details()]
             self._in_idx = [d["index"] for _, d in in_list]

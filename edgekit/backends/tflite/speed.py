@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from edgekit.backends.tflite.runner import NativeStderr
 from edgekit.errors import require
 
 BUDGET_S = 1.0
@@ -26,7 +27,9 @@ SLOWER = 1.10
 
 def _runner(model: bytes) -> tuple[object, dict[str, np.ndarray]]:
     interp_mod = require("ai_edge_litert.interpreter", "tflite")
-    interp = interp_mod.Interpreter(model_content=model, num_threads=1)
+    with NativeStderr(handled=()):
+        interp = interp_mod.Interpreter(model_content=model, num_threads=1)
+        interp.allocate_tensors()
     runner = interp.get_signature_runner()
     feeds = {k: np.zeros(d["shape"], d["dtype"]) for k, d in runner.get_input_details().items()}
     return runner, feeds
