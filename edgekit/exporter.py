@@ -23,7 +23,7 @@ from typing import Any
 
 from edgekit import __version__, convert_cache
 from edgekit.artifact import SIDECAR_SCHEMA_VERSION, check_sidecar, sidecar_path
-from edgekit.backends.base import Converted, ExportOutput, is_remote
+from edgekit.backends.base import Capabilities, Converted, ExportOutput, is_remote
 from edgekit.calibration import ImageOptions, load_samples, split_samples
 from edgekit.commit import commit, make_workdir, output_folder, remove_stale
 from edgekit.errors import (
@@ -293,6 +293,7 @@ def _honesty(
     eval_desc: str,
     backend: str,
     numerics: Any = None,
+    capabilities: Capabilities | None = None,
 ) -> list[str]:
     """Say so when an artifact does not look like the model it came from, or is no smaller:
     a broken fp16 or int8 must not pass as a good one because its summary was not read.
@@ -301,12 +302,20 @@ def _honesty(
     out = []
     on = f"on {agreement.samples} {eval_desc}"
     cosine, top1 = agreement.mean_cosine, agreement.top1_agreement
+    # A histogram method beats minmax where an outlier stretches a range (measured on the
+    # real-model set); more minmax samples can make it worse. Only where the backend has one.
+    entropy_ok = (
+        recipe.needs_calibration
+        and recipe.calibration_method == "minmax"
+        and capabilities is not None
+        and not capabilities.refusals(recipe.updated(calibration_method="entropy"))
+    )
+    calibration_hint = "--calibration-method entropy, " if entropy_ok else ""
     if cosine is not None and cosine < recipe.warn_cosine:
         out.append(
             f"outputs agree with the FP32 source at mean cosine {cosine:.4f} {on}, below "
             f"{recipe.warn_cosine}: check the artifact on real data before shipping it; try "
-            "--keep-float for the first/last layers, more --calibration-samples, or a higher "
-            "precision"
+            f"--keep-float for the first/last layers, {calibration_hint}or a higher precision"
         )
     if top1 is not None and top1 < recipe.warn_top1:
         out.append(
@@ -462,7 +471,14 @@ def _commit(
         *ignored,
         *result.warnings,
         *_honesty(
-            recipe, agreement, size, source_size, eval_desc, plan.backend.name, plan.numerics
+            recipe,
+            agreement,
+            size,
+            source_size,
+            eval_desc,
+            plan.backend.name,
+            plan.numerics,
+            plan.backend.capabilities,
         ),
     ]
     payload = {

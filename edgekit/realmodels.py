@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -316,3 +316,95 @@ def shape_flags(model: RealModel | str) -> list[str]:
     """``--input-shape`` flags that fix the model's dynamic dims to the set's sizes."""
     m = REAL_MODELS[model] if isinstance(model, str) else model
     return [f"--input-shape={k}=" + "x".join(map(str, v)) for k, v in m.shapes.items()]
+
+
+# ---------------------------------------------------------------- facts the tests and tools share
+
+#: ops whose weights are rounded when quantized (one rounding step each, for test bounds)
+ONNX_WEIGHTED = frozenset(
+    {"Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN"}
+    | {"ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul"}
+)
+TFLITE_WEIGHTED = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"})
+
+
+def original_runner(path: Path) -> Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]:
+    """The source file in its own runtime (onnxruntime, LiteRT), not through edgekit: the
+    independent FP32 reference of the real-model tests and tools."""
+    if path.suffix == ".onnx":
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3  # the OCR model's wrong declared output shape warns per run
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return lambda feeds: sess.run(None, dict(feeds))
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path))
+    interp.allocate_tensors()
+    ins, outs = interp.get_input_details(), interp.get_output_details()
+
+    def run(feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        for d in ins:
+            interp.set_tensor(d["index"], feeds[d["name"]])
+        interp.invoke()
+        return [interp.get_tensor(d["index"]).copy() for d in outs]
+
+    return run
+
+
+def weighted_layers(path: Path) -> int:
+    """Weighted layers in the file (an upper bound on the depth a rounding error crosses)."""
+    if path.suffix == ".onnx":
+        import onnx
+
+        return sum(n.op_type in ONNX_WEIGHTED for n in onnx.load(str(path)).graph.node)
+    from ai_edge_litert.interpreter import Interpreter
+
+    ops = Interpreter(model_path=str(path))._get_ops_details()
+    return sum(op["op_name"] in TFLITE_WEIGHTED for op in ops)
+
+
+def parameters(path: Path) -> int:
+    """Weights in the file: ONNX initializers and Constant nodes (where the layout model keeps
+    them); TFLite: the weight and bias tensors of its weighted ops."""
+    if path.suffix == ".onnx":
+        import onnx
+
+        graph = onnx.load(str(path)).graph
+        n = sum(int(np.prod(t.dims)) for t in graph.initializer)
+        for node in graph.node:
+            if node.op_type == "Constant":
+                n += sum(int(np.prod(a.t.dims)) for a in node.attribute if a.name == "value")
+        return n
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path))
+    shapes = {t["index"]: t["shape"] for t in interp.get_tensor_details()}
+    weights = {
+        i
+        for op in interp._get_ops_details()
+        if op["op_name"] in TFLITE_WEIGHTED
+        for i in op["inputs"][1:]
+        if i >= 0
+    }
+    return sum(int(np.prod(shapes[i])) for i in weights)
+
+
+def scores(name: str, outs: Sequence[np.ndarray]) -> np.ndarray:
+    """A detector's score map, one score per anchor, as its package reads the outputs."""
+    if name == "layout":  # 4 class-score maps (anchors, 10 classes), then 4 box maps
+        return np.concatenate([o.reshape(-1, o.shape[-1]).max(-1) for o in outs[:4]])
+    if name == "ocr-det":  # YOLOX rows: x, y, w, h, objectness, class
+        return outs[0].reshape(-1, 6)[:, 4]
+    if name == "face-detect":  # regressors (896, 16), classificators (896, 1) logits
+        return next(o for o in outs if o.shape[-1] == 1).reshape(-1)
+    raise KeyError(f"no score map defined for detector {name}")
+
+
+def read_feeds(npz: Path) -> list[dict[str, np.ndarray]]:
+    """The samples of an .npz written by :func:`write_inputs`, one feed dict each."""
+    with np.load(npz) as z:
+        arrays = {k: z[k] for k in z.files}
+    n = len(next(iter(arrays.values())))
+    return [{k: v[i] for k, v in arrays.items()} for i in range(n)]

@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx_models import conv_model
 
 import edgekit
-from edgekit.backends import onnxruntime as ort_backend
+from edgekit.backends.onnxruntime import calibration as ort_calibration
 from edgekit.errors import DataError
 from edgekit.recipe import Recipe
 
@@ -72,11 +72,11 @@ def small(tmp_path_factory):
 )  # fmt: skip
 def test_streamed_ranges_equal_all_at_once(small, tmp_path, monkeypatch, method, symmetric):
     path, samples = small
-    monkeypatch.setattr(ort_backend, "_MAX_CHUNK", 3)
-    monkeypatch.setattr(ort_backend, "_MINMAX_CHUNK", 3)
+    monkeypatch.setattr(ort_calibration, "_MAX_CHUNK", 3)
+    monkeypatch.setattr(ort_calibration, "_MINMAX_CHUNK", 3)
     recipe = Recipe(precision="int8", calibration_method=method, activation_symmetric=symmetric)
     want = _all_at_once(path, recipe, samples, tmp_path)
-    got, stats = ort_backend.calibrate(path, recipe, samples, tmp_path)
+    got, stats = ort_calibration.calibrate(path, recipe, samples, tmp_path)
     assert stats["chunks"] == 7  # 20 samples, 3 a chunk
     assert set(got.keys()) == set(want.keys()) and len(want.keys()) == 3
     for name in want:
@@ -97,13 +97,13 @@ def test_memory_is_bounded_by_a_chunk(tmp_path, monkeypatch):
     kernel's VmHWM, reset at the start of each measurement."""
     path = tmp_path / "wide.onnx"
     samples = _wide_model(path)
-    monkeypatch.setattr(ort_backend, "_MAX_CHUNK_BYTES", 20 << 20)
+    monkeypatch.setattr(ort_calibration, "_MAX_CHUNK_BYTES", 20 << 20)
     recipe = Recipe(precision="int8", calibration_method="percentile")
-    _, stats = ort_backend.calibrate(path, recipe, samples, tmp_path)
+    _, stats = ort_calibration.calibrate(path, recipe, samples, tmp_path)
     ours = stats["peak_rss_bytes"] - stats["rss_before_bytes"]
     assert stats["peak_rss_measured"] == "VmHWM"
     assert stats["chunk_samples"] == 1 and stats["chunks"] == 40
-    with ort_backend._PeakRss() as rss:
+    with ort_calibration._PeakRss() as rss:
         _all_at_once(path, recipe, samples, tmp_path)
     theirs = rss.peak - rss.start
     assert theirs > 300 << 20, theirs
@@ -130,7 +130,7 @@ def test_a_sample_that_cannot_fit_is_refused_before_any_run(tmp_path):
     onnx.save(model, str(path))
     recipe = Recipe(precision="int8", calibration_method="percentile")
     with pytest.raises(DataError, match="--calibration-method minmax") as err:
-        ort_backend.calibrate(path, recipe, [{"x": np.ones((1, 1, 1), np.float32)}], tmp_path)
+        ort_calibration.calibrate(path, recipe, [{"x": np.ones((1, 1, 1), np.float32)}], tmp_path)
     assert "\n" not in str(err.value) and "GiB" in str(err.value)
 
 

@@ -296,7 +296,7 @@ def test_speed_check_with_real_sessions(tmp_path):
     (not slower), which needs a slowdown beyond both its confidence bound and the noise."""
     import shutil
 
-    from edgekit.backends.onnxruntime import OrtSession
+    from edgekit.backends.onnxruntime.session import OrtSession
     from edgekit.speed_check import compare_speed
 
     _matmul_chain(tmp_path / "a.onnx", 4)
@@ -312,7 +312,7 @@ def test_speed_check_with_real_sessions(tmp_path):
 
 
 def test_speed_check_skips_a_tiny_model(tmp_path):
-    from edgekit.backends.onnxruntime import OrtSession
+    from edgekit.backends.onnxruntime.session import OrtSession
     from edgekit.speed_check import compare_speed
 
     path = tmp_path / "tiny.onnx"

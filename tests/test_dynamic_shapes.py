@@ -27,10 +27,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnx_models import conv_model
 
 import edgekit
 from edgekit.errors import UsageError
-from tests.onnx_models import conv_model
 
 FP16 = 2.0**-11
 

@@ -261,3 +261,88 @@ def test_real_layout_detector_int8_is_a_quarter_of_its_source(tmp_path: Path) ->
     # Agreement is measured against the original model's outputs, not the prepared graph's.
     assert report.agreement.samples == 4
     assert report.agreement.mean_cosine is not None and report.agreement.mean_cosine > 0.8
+
+
+def _conv_resize_model() -> onnx.ModelProto:
+    """Conv -> Resize (scales x2, nearest) -> Conv: a Resize, which onnxconverter-common keeps
+    in float with Casts around it, after a graph that went through onnxslim."""
+    w1 = numpy_helper.from_array(RNG.standard_normal((4, 3, 3, 3)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(RNG.standard_normal((2, 4, 3, 3)).astype(np.float32), "w2")
+    scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+    roi = numpy_helper.from_array(np.array([], np.float32), "roi")
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Resize", ["r1", "roi", "scales"], ["up"], mode="nearest"),
+        helper.make_node("Conv", ["up", "w2"], ["y"], pads=[1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "resize",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 16, 16])],
+        [w1, w2, scales, roi],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def test_prepared_graph_has_one_value_info_per_tensor_and_loads_at_fp16(tmp_path: Path) -> None:
+    """onnxslim 0.1.x writes each value_info twice; onnxconverter-common then retyped only the
+    first copy of the tensor after a Resize it keeps in float, and ONNX Runtime refused the
+    fp16 artifact ("Type (tensor(float)) of output arg ... of node Resize_..._output_cast0",
+    ddddocr's detector). The prepared graph must hold each value_info once, and its fp16
+    export must load and follow the original."""
+    from collections import Counter
+
+    from edgekit.prepare import shapes, simplify
+
+    model = _conv_resize_model()
+    slim, _ = simplify.simplify(model)
+    inferred, _ = shapes.infer_shapes(slim)
+    for graph in (slim.graph, inferred.graph):
+        repeats = [n for n, k in Counter(v.name for v in graph.value_info).items() if k > 1]
+        assert not repeats
+    assert {v.name for v in inferred.graph.value_info} >= {"r1", "up"}
+
+    path = tmp_path / "resize.onnx"
+    onnx.save(model, str(path))
+    x = RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    report = edgekit.export(
+        path, "onnxruntime", "fp16", output_dir=tmp_path / "out", eval_data=[{"x": x}] * 4
+    )
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    got = ort.InferenceSession(str(report.artifact), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x}
+    )
+    # First-order fp16 error, element by element (x86 kernels accumulate in f32): layer 1
+    # rounds x and W1 (2u |W1||x|) and its output (u |y1|); ReLU and nearest Resize are
+    # 1-Lipschitz and round nothing; layer 2 carries that through |W2|, rounds W2 (u |W2||h|)
+    # and its output (u |y|). u = 2^-11. Doubled for the second-order terms.
+    w1 = numpy_helper.to_array(model.graph.initializer[0])
+    w2 = numpy_helper.to_array(model.graph.initializer[1])
+
+    def up(a: np.ndarray) -> np.ndarray:
+        return np.repeat(np.repeat(a, 2, 2), 2, 3)
+
+    u = 2.0**-11
+    y1 = _conv(x, w1)
+    layer1 = 2 * u * _conv(np.abs(x), np.abs(w1)) + u * np.abs(y1)
+    bound = 2 * (
+        _conv(up(layer1), np.abs(w2))
+        + u * _conv(up(np.maximum(y1, 0)), np.abs(w2))
+        + u * np.abs(want[0])
+    )
+    assert (np.abs(got[0] - want[0]) <= bound).all()
+
+
+def _conv(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Stride-1 'same' convolution in float64, the reference for the bound above."""
+    pad = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    n, _, hgt, wid = x.shape
+    out = np.zeros((n, w.shape[0], hgt, wid))
+    for i in range(3):
+        for j in range(3):
+            out += np.einsum("nchw,oc->nohw", pad[:, :, i : i + hgt, j : j + wid], w[:, :, i, j])
+    return out

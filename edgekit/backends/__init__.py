@@ -1,10 +1,10 @@
 """The backend registry: the one place that names backends.
 
 The CLI's ``--target`` choices, target profile validation and the contract tests all come from
-:data:`BACKENDS`. Adding a backend is adding its module (or package: ``openvino/``, ``tflite/``)
-here and a profile in ``targets/``; the backend object brings its benchmark runner along
-(``backend.runner``). Modules are imported on first use so that ``edgekit --help`` stays free
-of heavy runtimes.
+:data:`BACKENDS`. Adding a backend is adding its module (or package: ``onnxruntime/``,
+``openvino/``, ``tflite/``) here and a profile in ``targets/``; the backend object brings its
+benchmark runner along (``backend.runner``). Modules are imported on first use so that
+``edgekit --help`` stays free of heavy runtimes.
 """
 
 from __future__ import annotations

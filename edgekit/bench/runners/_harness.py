@@ -2,7 +2,7 @@
 backend runner shares.
 
 This file and one backend runner (each backend's ``runner``, in ``edgekit/backends/``:
-``onnxruntime_runner.py``, ``openvino/runner.py``, ``tflite/runner.py``) are all a device needs:
+``onnxruntime/runner.py``, ``openvino/runner.py``, ``tflite/runner.py``) are all a device needs:
 they import only the standard library, numpy and that backend's runtime, never edgekit, so
 ``edgekit benchmark --device ssh://...`` copies the two into one folder on a board and runs the
 runner there. Locally the very same files run in a fresh subprocess per artifact, the runner
@@ -283,8 +283,8 @@ def main(runner: Any) -> int:
     """Run ``runner`` (a backend runner module) as described in this module's docstring."""
     here = os.path.dirname(os.path.abspath(__file__))
     there = os.path.dirname(os.path.abspath(getattr(runner, "__file__", __file__)))
-    # Neither folder may shadow the runtime: locally the ONNX Runtime runner's folder is
-    # edgekit/backends, which holds onnxruntime.py and the openvino/ package.
+    # Neither folder may shadow the runtime: locally a runner's folder is its backend's
+    # package (edgekit/backends/onnxruntime/, say), full of modules with common names.
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) not in (here, there)]
     channel = _Channel()
     try:

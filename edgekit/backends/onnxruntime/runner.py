@@ -5,11 +5,11 @@ Standalone: needs only onnxruntime and numpy next to ``_harness.py`` (edgekit's
 ``edgekit/bench/runners/_harness.py``, copied next to this file on a device). Inputs are bound
 once with IOBinding so that the timed call is the inference itself, as in the other runners.
 
-    python onnxruntime_runner.py model.onnx --threads 1 < commands   (see _harness.py)
+    python runner.py model.onnx --threads 1 < commands   (see _harness.py)
 
 It imports nothing of edgekit, so the session options, the dtype names and the I/O specs that
-:class:`edgekit.backends.onnxruntime.OrtSession` also needs live here, and the session imports
-them: what is benchmarked is configured exactly as what edgekit runs.
+:class:`edgekit.backends.onnxruntime.session.OrtSession` also needs live here, and the session
+imports them: what is benchmarked is configured exactly as what edgekit runs.
 """
 
 from __future__ import annotations
