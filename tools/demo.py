@@ -8,6 +8,7 @@ agreement with the FP32 source and accuracy on the 359 held-out labelled digits.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -23,6 +24,8 @@ from edgekit.backends import backend_names
 
 # The demo prints one table of its own; the exports' stage lines would cut through it.
 progress.QUIET = True
+# As the CLI does: torch's registration warnings (litert-torch, torchao) bury the table.
+logging.getLogger("torch").setLevel(logging.ERROR)
 
 # target -> precisions shown; int16x8 (TFLite reference kernels, ~100x slower) is left out.
 ROWS = {

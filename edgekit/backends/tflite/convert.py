@@ -141,8 +141,11 @@ def _from_torch(source: SourceModel) -> Converted:
     os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
     torch = require("torch", "torch")
     # litert-torch imports torchao, which logs at WARNING that CUDA/Triton kernels are absent:
-    # true of every CPU machine and of no use to our users.
+    # true of every CPU machine and of no use to our users. It also registers pytree nodes
+    # torch now warns about (torch.utils._pytree, "register_constant() on Enum subclasses is
+    # deprecated"): torch's import resets its loggers' levels, so this comes after it.
     logging.getLogger("torchao").setLevel(logging.ERROR)
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     try:
         import litert_torch
     except ImportError as exc:
