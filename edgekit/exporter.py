@@ -391,15 +391,9 @@ def _quantize_and_check(
         session.run(probe[0])
     candidate = [session.run(f) for f in progress(held, desc=f"exported {recipe.precision}")]
     checked = _Checked(result, session, compare(reference, candidate), folder)
-    if recipe.precision != "fp32" and local is not None and not _backend_timed(result):
+    if recipe.precision != "fp32" and local is not None:
         _speed_check(plan, recipe, source, fp32, (held or calib)[:1], workdir, checked)
     return checked
-
-
-def _backend_timed(result: ExportOutput) -> bool:
-    # A backend may time its artifact itself, against more alternatives than FP32 (TFLite
-    # also tries int8-dynamic): its figures stand, the same check is not run twice.
-    return any(k.startswith("latency_check") for k in result.details)
 
 
 def _speed_check(

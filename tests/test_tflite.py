@@ -232,15 +232,6 @@ def test_edgetpu_report(keras_cnn, digits, tmp_path):
     assert not any("Edge TPU" in ln for ln in plain["lines"])
 
 
-def test_payoff_warning_names_the_faster_precision():
-    from edgekit.backends.tflite.speed import payoff_warning
-
-    assert payoff_warning("int8", {"fp32": 100.0, "int8": 60.0}) is None
-    assert payoff_warning("int8", {"fp32": 100.0, "int8": 105.0}) is None  # within noise
-    text = payoff_warning("int8", {"fp32": 100.0, "int8": 150.0, "int8-dynamic": 80.0})
-    assert "--precision int8-dynamic" in text and "1.88x" in text and "150 µs" in text
-
-
 # ---------------------------------------------------------------- source names in inspect and run
 
 

@@ -6,8 +6,8 @@ source is its own FP32 form, made quantizable: :mod:`~edgekit.backends.tflite.so
 with ai-edge-quantizer (:mod:`~edgekit.backends.tflite.quantize`), store the source<->artifact
 I/O map in the file's metadata, check the file in a child process (LiteRT can crash on a bad
 model; :mod:`~edgekit.backends.tflite.validate`), then report what is not integer
-(:mod:`~edgekit.backends.tflite.ops`) and whether quantizing paid off in speed
-(:mod:`~edgekit.backends.tflite.speed`). Sessions and the I/O map's storage are in
+(:mod:`~edgekit.backends.tflite.ops`); whether quantizing paid off in speed is the exporter's
+check for every backend (:mod:`edgekit.speed_check`). Sessions and the I/O map's storage are in
 :mod:`~edgekit.backends.tflite.session`; the standalone benchmark runner, and what it shares
 with the sessions (the map's reader, signatures, dtypes, effective precision), in
 :mod:`~edgekit.backends.tflite.runner`.
@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -293,39 +292,9 @@ class TFLiteBackend:
                 )
         if recipe.precision == "int16x8":
             warnings.append(_INT16_WARNING)
-        if recipe.precision in ("int8", "int8-dynamic", "int16x8"):
-            self._payoff(converted.model, model, recipe, signature, details, warnings)
         return ExportOutput(
             primary=out, files=[out], details=details, warnings=warnings, notes=notes
         )
-
-    def _payoff(
-        self,
-        fp32: bytes,
-        quantized: bytes,
-        recipe: Recipe,
-        signature: str,
-        details: dict[str, Any],
-        warnings: list[str],
-    ) -> None:
-        from edgekit.backends.tflite.quantize import quantize
-        from edgekit.backends.tflite.speed import median_us, payoff_warning
-
-        models = {"fp32": fp32, recipe.precision: quantized}
-        figures = median_us(models)
-        if figures is None:
-            details["latency_check"] = "skipped: model too slow for a quick check"
-            return
-        if recipe.precision == "int8" and figures["int8"] > figures["fp32"]:
-            # Slower than FP32: see whether weight-only dynamic INT8 is the better suggestion.
-            dynamic = quantize(
-                fp32, replace(recipe, precision="int8-dynamic", io_dtype="float"), [], signature
-            )
-            figures = median_us({**models, "int8-dynamic": dynamic}) or figures
-        details["latency_check_us"] = {k: round(v, 1) for k, v in figures.items()}
-        warning = payoff_warning(recipe.precision, figures)
-        if warning:
-            warnings.append(warning)
 
 
 BACKEND = TFLiteBackend()
