@@ -7,6 +7,7 @@ Public API (imports are lazy so that ``import edgekit`` and ``edgekit --help`` s
                             calibration="calibration_data/digits", output_dir="out")
     session = edgekit.load("out/model_int8.onnx")
     outputs = session.run({"input": batch})
+    print(edgekit.evaluate("out/model_int8.onnx", "labelled_images/").table())
 """
 
 from __future__ import annotations
@@ -19,15 +20,18 @@ __all__ = [
     "Agreement",
     "BenchmarkResult",
     "EdgekitError",
+    "EvaluationReport",
     "ExportReport",
     "ImageOptions",
     "Recipe",
+    "Score",
     "Session",
     "Sidecar",
     "TensorSpec",
     "__version__",
     "benchmark",
     "describe",
+    "evaluate",
     "export",
     "load",
     "load_model",
@@ -36,26 +40,31 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from edgekit.agreement import Agreement
     from edgekit.artifact import Sidecar, read_sidecar
     from edgekit.backends.base import Session
     from edgekit.bench import benchmark
     from edgekit.bench.schema import BenchmarkResult
     from edgekit.calibration import ImageOptions, load_samples
     from edgekit.errors import EdgekitError
-    from edgekit.evaluate import Agreement
+    from edgekit.evaluation import EvaluationReport, evaluate
     from edgekit.exporter import ExportReport, export
+    from edgekit.metrics import Score
     from edgekit.model import TensorSpec, describe, load_model
     from edgekit.recipe import Recipe
     from edgekit.session import load
 
 _LAZY = {
-    "Agreement": "edgekit.evaluate",
+    "Agreement": "edgekit.agreement",
     "BenchmarkResult": "edgekit.bench.schema",
     "Session": "edgekit.backends.base",
     "Sidecar": "edgekit.artifact",
     "TensorSpec": "edgekit.model",
     "read_sidecar": "edgekit.artifact",
     "EdgekitError": "edgekit.errors",
+    "EvaluationReport": "edgekit.evaluation",
+    "Score": "edgekit.metrics",
+    "evaluate": "edgekit.evaluation",
     "ExportReport": "edgekit.exporter",
     "ImageOptions": "edgekit.calibration",
     "Recipe": "edgekit.recipe",

@@ -12,7 +12,14 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from edgekit import __version__
-from edgekit.errors import EXIT_CODES, EdgekitError, cli_caller, first_line
+from edgekit.errors import (
+    EXIT_CODES,
+    AccuracyGateError,
+    EdgekitError,
+    UsageError,
+    cli_caller,
+    first_line,
+)
 
 _EPILOG = "exit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES.items())
 
@@ -90,10 +97,10 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument(
         "--precision",
         "-p",
-        type=_precision_list(PRECISIONS),
+        type=_precision_list((*PRECISIONS, "auto")),
         metavar="P[,P...]",
         help=f"one or more of {', '.join(PRECISIONS)}, comma-separated (converted once); "
-        "default: the target's",
+        "or auto: the fastest on this CPU within the accuracy budget; default: the target's",
     )
     exp.add_argument("-o", "--output-dir", default="edgekit-out", help="default: edgekit-out")
     exp.add_argument("--name", help="artifact file name stem (default: the model's)")
@@ -143,7 +150,32 @@ def _parser() -> argparse.ArgumentParser:
     sym.add_argument("--symmetric", action="store_true", help="int8 symmetric activations")
     sym.add_argument("--asymmetric", action="store_true", help="uint8 asymmetric (default)")
     q.add_argument("--reduce-range", action="store_true", help="7-bit weights (CPUs w/o VNNI)")
-    q.add_argument("--keep-float", action="append", metavar="NODE", help="node left in float")
+    q.add_argument(
+        "--keep-float",
+        action="append",
+        metavar="PATTERN",
+        help="layers left in float: a regex matching the whole layer name (repeatable)",
+    )
+    q.add_argument(
+        "--rules",
+        metavar="FILE",
+        help="layer rules file (TOML/JSON): ordered {pattern, precision} pairs, last match wins",
+    )
+    acc = exp.add_argument_group("accuracy gate")
+    acc.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        metavar="PCT",
+        help="most the held-out metric may drop vs FP32, in points; layers move to float "
+        f"until it holds (exit {AccuracyGateError.exit_code} when it cannot)",
+    )
+    acc.add_argument("--metric", help="metric of the gate and of --precision auto (default auto)")
+    acc.add_argument(
+        "--max-float-layers",
+        type=_count,
+        metavar="N",
+        help="the most layers the gate may keep in float (default: as many as it takes)",
+    )
     q.add_argument(
         "--io", choices=("float", "int8", "uint8"), help="I/O dtype of full-integer models"
     )
@@ -164,6 +196,20 @@ def _parser() -> argparse.ArgumentParser:
     ins.add_argument("model")
     ins.add_argument("--target", "-t", help="also check the model against a target's limits")
     ins.add_argument("--json", action="store_true")
+    lay = ins.add_argument_group("layers on the target's backend (need --target)")
+    lay.add_argument("--layers", action="store_true", help="list the quantizable layers")
+    lay.add_argument(
+        "--sensitivity",
+        action="store_true",
+        help="rank layers by the metric drop when each alone is quantized (needs --data)",
+    )
+    lay.add_argument("--data", help="image folder or .npy/.npz to calibrate and measure on")
+    lay.add_argument("--eval-data", help="held-out data (default: a fifth of --data)")
+    lay.add_argument("--precision", "-p", default="int8", help="int8 (default) or int16x8")
+    lay.add_argument("--metric", default="auto", help="metric (default auto)")
+    lay.add_argument("--calibration-samples", type=_positive_int, metavar="N")
+    lay.add_argument("--eval-samples", type=_positive_int, metavar="N")
+    lay.add_argument("--input-shape", action="append", metavar="NAME=DIMS")
 
     tg = sub.add_parser("targets", help="list target profiles")
     tg.add_argument("--json", action="store_true")
@@ -208,6 +254,52 @@ def _parser() -> argparse.ArgumentParser:
     remote.add_argument("--connect-timeout", type=_seconds, default=10.0, metavar="S")
     remote.add_argument("--timeout", type=_seconds, default=600.0, metavar="S", help="per step")
     bm.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="task metric of artifacts against their FP32 source and labels",
+        description="Run the FP32 source (named by each artifact's sidecar, or --source) and\n"
+        "every artifact on the same data, and score them: accuracy on labels (class\n"
+        "sub-folders of an image folder, a 'labels' array in a .npz), else agreement with\n"
+        "the FP32 source's outputs. 'drop' is the FP32 score minus the artifact's.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ev.add_argument("artifacts", nargs="+", metavar="ARTIFACT", help=".onnx, .xml (+.bin), .tflite")
+    ev.add_argument(
+        "--data",
+        required=True,
+        metavar="PATH",
+        help="image folder (class sub-folders give labels) or .npy/.npz (a 'labels' array)",
+    )
+    # Checked by edgekit.metrics (one line, exit 2) rather than argparse choices, so that
+    # `edgekit --help` does not import numpy; tests check this list names every metric.
+    ev.add_argument(
+        "--metric",
+        default="auto",
+        help="auto (default: top1 for class scores, seq for (batch, steps, classes), else "
+        "cosine), top1, topk, agreement, iou, mean-error, seq, cosine, snr, psnr",
+    )
+    ev.add_argument("--top-k", type=_positive_int, default=5, metavar="K", help="k of topk (5)")
+    ev.add_argument("--source", metavar="MODEL", help="FP32 model (default: the sidecar's)")
+    ev.add_argument(
+        "--input-shape",
+        action="append",
+        metavar="NAME=DIMS",
+        help="fix a dynamic input of the source as at export (repeatable)",
+    )
+    ev.add_argument("--limit", type=_positive_int, metavar="N", help="samples (default: all)")
+    ev.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    ev.add_argument("--threads", type=_positive_int, help="runtime threads (default: its own)")
+    ev_img = ev.add_argument_group("image preprocessing (image-folder data)")
+    ev_img.add_argument("--layout", choices=("NCHW", "NHWC"))
+    ev_img.add_argument("--color", choices=("rgb", "bgr", "gray"))
+    ev_img.add_argument("--scale", help="pixel multiplier, a number or fraction (default 1/255)")
+    ev_img.add_argument("--mean", type=_floats, help="per-channel mean, e.g. 0.485,0.456,0.406")
+    ev_img.add_argument("--std", type=_floats, help="per-channel std, e.g. 0.229,0.224,0.225")
+    ev_img.add_argument("--resize", choices=("nearest", "bilinear", "bicubic"))
+    ev.add_argument("--json", action="store_true", help="print the report as JSON")
+    ev.add_argument("--quiet", "-q", action="store_true", help="no stage lines on stderr")
     return parser
 
 
@@ -239,6 +331,13 @@ def _recipe_fields(args: argparse.Namespace) -> dict[str, Any]:
         fields["reduce_range"] = True
     if args.keep_float:
         fields["keep_float"] = tuple(args.keep_float)
+    if args.rules:
+        from edgekit.layers import load_rules_file
+
+        fields["rules"] = load_rules_file(args.rules)
+    fields["max_accuracy_drop"] = args.max_accuracy_drop
+    fields["metric"] = args.metric
+    fields["max_float_layers"] = args.max_float_layers
     if args.io:
         fields["io_dtype"] = args.io
     return fields
@@ -309,6 +408,8 @@ def _print_report(report: Any) -> None:
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
+    if report.choices:
+        _print_choices(report.choices)
     for note in report.notes:
         print(f"note: {note}")
     if a.non_finite_outputs:
@@ -320,11 +421,31 @@ def _print_report(report: Any) -> None:
         print(f"warning: {warning}")
 
 
+def _print_choices(rows: list[dict[str, Any]]) -> None:
+    """--precision auto's table: every candidate it measured, the chosen one starred."""
+    print("precision auto (latency vs fp32 on this CPU, 1 thread, interleaved):")
+    for r in rows:
+        mark = "*" if r.get("chosen") else " "
+        if "value" not in r:
+            print(f"  {mark} {r['precision']:<13} not within budget: {r.get('why', '')}")
+            continue
+        ratio = r["latency_vs_fp32"]
+        latency = "too quick to time" if ratio is None else f"{ratio:.2f}x"
+        fits = "within budget" if r["meets_budget"] else "over budget"
+        floats = f", {len(r['float_layers'])} float layer(s)" if r.get("float_layers") else ""
+        print(
+            f"  {mark} {r['precision']:<13} {r['metric']} {r['value']:.2f} (drop "
+            f"{r['drop']:+.2f}), latency {latency}, {_mib(r['size_bytes'])}, {fits}{floats}"
+        )
+
+
 def _mib(n: int) -> str:
     return f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.2f} MiB"
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
+    if args.layers or args.sensitivity:
+        return _cmd_layers(args)
     from edgekit.model import describe
 
     info = describe(args.model, target=args.target)
@@ -360,6 +481,54 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         print(f"target {args.target}:")
         for line in report.get("lines", []):
             print(f"  {line}")
+    return 0
+
+
+def _cmd_layers(args: argparse.Namespace) -> int:
+    """inspect --layers / --sensitivity: the model as the target's backend sees it."""
+    from edgekit import progress
+
+    progress.QUIET = args.json
+    from edgekit.layer_report import list_layers, sensitivity
+    from edgekit.model import parse_input_shapes
+
+    if not args.target:
+        raise UsageError(
+            "--layers and --sensitivity need --target T: layers are the target backend's"
+        )
+    shapes = parse_input_shapes(args.input_shape)
+    if args.layers and not args.sensitivity:
+        layers = list_layers(args.model, args.target, input_shapes=shapes)
+        if args.json:
+            print(json.dumps([layer.to_json() for layer in layers], indent=2))
+            return 0
+        print(f"{len(layers)} quantizable layers on {args.target} (rules match these names):")
+        for layer in layers:
+            print(f"  {layer.name:<40} {layer.op}")
+        return 0
+    report = sensitivity(
+        args.model,
+        args.target,
+        args.data,
+        precision=args.precision,
+        metric=args.metric,
+        eval_data=args.eval_data,
+        input_shapes=shapes,
+        calibration_samples=args.calibration_samples,
+        eval_samples=args.eval_samples,
+    )
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+        return 0
+    print(
+        f"sensitivity on {report.target} ({report.backend}) at {report.precision}: {report.metric}"
+        f" drop in points with only that layer quantized, against {report.against} "
+        f"(FP32 {report.fp32_value:.2f}, {report.samples} samples); SNR of the outputs (proxy)"
+    )
+    print(f"  {'rank':>4}  {'layer':<40} {'op':<18} {'drop':>7}  {'SNR dB':>7}")
+    for i, s in enumerate(report.layers, 1):
+        snr = "inf" if s.snr_db is None else f"{s.snr_db:.1f}"
+        print(f"  {i:>4}  {s.name:<40} {s.op:<18} {s.drop:>7.2f}  {snr:>7}")
     return 0
 
 
@@ -401,11 +570,47 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from edgekit import progress
+
+    progress.QUIET = args.quiet
+    from edgekit.calibration import ImageOptions
+    from edgekit.evaluation import evaluate
+    from edgekit.model import parse_input_shapes
+
+    image_options = ImageOptions(
+        layout=args.layout,
+        color=args.color,
+        scale=args.scale,
+        mean=args.mean,
+        std=args.std,
+        resize=args.resize,
+    )
+    report = evaluate(
+        args.artifacts,
+        args.data,
+        metric=args.metric,
+        source=args.source,
+        input_shapes=parse_input_shapes(args.input_shape),
+        limit=args.limit,
+        seed=args.seed,
+        image_options=image_options,
+        k=args.top_k,
+        threads=args.threads,
+    )
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2, allow_nan=False))
+    else:
+        print(report.table())
+    return 0
+
+
 _COMMANDS = {
     "export": _cmd_export,
     "inspect": _cmd_inspect,
     "targets": _cmd_targets,
     "benchmark": _cmd_benchmark,
+    "evaluate": _cmd_evaluate,
 }
 
 

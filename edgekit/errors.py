@@ -11,7 +11,9 @@
     │                                     not matching the model's inputs
     ├── MissingDependencyError   exit 6   an optional dependency is not installed
     ├── ConversionError          exit 7   the backend could not convert, quantize or run it
-    └── DeviceError              exit 8   a device is absent or unreachable
+    ├── DeviceError              exit 8   a device is absent or unreachable
+    └── AccuracyGateError        exit 9   --max-accuracy-drop could not be met (the message
+                                          says the best drop reached and with which layers)
 
 Exit 1 is also used for an unexpected internal error (a bug: the CLI says how to get the
 traceback), and 130 for Ctrl-C. Backend exceptions are translated at the boundary and re-raised
@@ -70,6 +72,12 @@ class DeviceError(EdgekitError):
     exit_code = 8
 
 
+class AccuracyGateError(EdgekitError):
+    """The accuracy budget could not be met: nothing is written, the best reached is said."""
+
+    exit_code = 9
+
+
 EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "internal error (a bug: rerun with EDGEKIT_DEBUG=1 for the traceback and report it)",
@@ -80,6 +88,7 @@ EXIT_CODES: dict[int, str] = {
     6: "optional dependency missing (the message names the pip extra)",
     7: "the backend failed to convert, quantize or run the model",
     8: "device absent or unreachable",
+    9: "accuracy gate: --max-accuracy-drop could not be met (nothing written)",
     130: "interrupted (Ctrl-C)",
     141: "the reader of the output went away (e.g. | head); nothing is wrong with the model",
 }

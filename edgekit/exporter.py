@@ -22,11 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from edgekit import __version__, convert_cache
+from edgekit.agreement import Agreement, compare
 from edgekit.artifact import SIDECAR_SCHEMA_VERSION, check_sidecar, sidecar_path
 from edgekit.backends.base import Capabilities, Converted, ExportOutput, is_remote
 from edgekit.calibration import ImageOptions, load_samples, split_samples
 from edgekit.commit import commit, make_workdir, output_folder, remove_stale
 from edgekit.errors import (
+    AccuracyGateError,
     DataError,
     EdgekitError,
     ModelFormatError,
@@ -34,7 +36,6 @@ from edgekit.errors import (
     first_line,
     speaks_api,
 )
-from edgekit.evaluate import Agreement, compare
 from edgekit.model import Feeds, SourceModel, file_digest, load_model
 from edgekit.plan import ExportPlan, plan_export
 from edgekit.prepare import prepare
@@ -69,6 +70,10 @@ class ExportReport:
     seconds: float
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: what the accuracy gate did (--max-accuracy-drop), else None
+    gate: dict[str, Any] | None = None
+    #: --precision auto: every candidate measured, the chosen one marked
+    choices: list[dict[str, Any]] | None = None
 
     @property
     def size_ratio(self) -> float:
@@ -89,6 +94,8 @@ class ExportReport:
             "seconds": round(self.seconds, 2),
             "warnings": self.warnings,
             "notes": self.notes,
+            "gate": self.gate,
+            "choices": self.choices,
         }
 
 
@@ -109,12 +116,16 @@ def _data(
     calibration: Any,
     eval_data: Any,
     image_options: ImageOptions | None,
-) -> tuple[list[Feeds], list[Feeds], str]:
-    """Calibration samples and disjoint held-out evaluation samples, validated up front.
-    The recipes of one export differ in precision only, so the first one's counts serve all."""
+) -> tuple[list[Feeds], list[Feeds], str, Any]:
+    """Calibration samples and disjoint held-out evaluation samples (with their labels when
+    the evaluation data has them), validated up front. The recipes of one export differ in
+    precision only, so the first one's counts serve all."""
+    from edgekit.labels import load_labelled
+
     recipe = recipes[0]
     calib: list[Feeds] = []
     held: list[Feeds] = []
+    labels = None
     if calibration is not None:
         wanted = recipe.calibration_samples + (0 if eval_data is not None else recipe.eval_samples)
         samples = load_samples(
@@ -136,14 +147,14 @@ def _data(
         )
     described = "held-out calibration samples"
     if eval_data is not None:
-        held = load_samples(
+        held, labels = load_labelled(
             eval_data,
             source.inputs,
             image_options=image_options,
             limit=recipe.eval_samples,
             seed=recipe.seed,
         )
-        described = "evaluation samples"
+        described = "labelled evaluation samples" if labels is not None else "evaluation samples"
     if not held and recipe.eval_samples:
         held = load_samples(
             "random", source.inputs, limit=min(recipe.eval_samples, 16), seed=recipe.seed + 1
@@ -151,7 +162,7 @@ def _data(
         described = "random inputs (pass --eval-data or more calibration data for real ones)"
     if calibration == "random":
         described = "random inputs"
-    return calib, held, described
+    return calib, held, described, labels
 
 
 def _reference(source: SourceModel, feeds: Feeds, random: bool = False) -> list[Any]:
@@ -228,6 +239,11 @@ def export(
         raise UsageError("precision: give at least one")
     if isinstance(dynamic, str):
         dynamic = [dynamic]
+    auto = "auto" in precisions
+    if auto:
+        if len(precisions) > 1:
+            raise UsageError("--precision auto chooses one precision; give it alone")
+        precisions = auto_candidates(target, calibration is not None)
     plan = plan_export(
         model,
         target,
@@ -242,7 +258,9 @@ def export(
     )
     stage(f"loading {model if isinstance(model, str | Path) else type(model).__name__}")
     source = load_model(model, input_shapes, example_inputs, plan.dynamic)
-    calib, held, eval_desc = _data(source, plan.recipes, calibration, eval_data, image_options)
+    calib, held, eval_desc, labels = _data(
+        source, plan.recipes, calibration, eval_data, image_options
+    )
     random_eval = "random" in eval_desc
     # The FP32 reference runs before any conversion work, so a source that cannot run fails
     # first; without held-out samples one calibration sample stands in for that check.
@@ -262,15 +280,27 @@ def export(
                 fp32, how = convert_cache.converted(plan.backend, source, workdir / "convert")
                 if how != "converted":
                     stage(convert_cache.describe_hit(how))
-                reports = []
-                for i, (recipe, ignored) in enumerate(zip(plan.recipes, plan.ignored, strict=True)):
-                    how = how if i == 0 else "export"
-                    checked = _quantize_and_check(
-                        plan, recipe, source, fp32, calib, held, reference, workdir
-                    )
-                    reports.append(
-                        _commit(plan, recipe, source, fp32, how, checked, eval_desc, ignored)
-                    )
+                data = _Data(calib, held, reference, labels, eval_desc)
+                if auto:
+                    reports = [_auto(plan, source, fp32, how, data, workdir)]
+                else:
+                    reports = []
+                    for i, (recipe, ignored) in enumerate(
+                        zip(plan.recipes, plan.ignored, strict=True)
+                    ):
+                        checked = _quantize_and_check(plan, recipe, source, fp32, data, workdir)
+                        reports.append(
+                            _commit(
+                                plan,
+                                checked.recipe,
+                                source,
+                                fp32,
+                                how if i == 0 else "export",
+                                checked,
+                                eval_desc,
+                                ignored,
+                            )
+                        )
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
     except OSError as exc:
@@ -356,6 +386,18 @@ def _honesty(
 
 
 @dataclass
+class _Data:
+    """The samples of one export: calibration, held-out inputs with the FP32 source's outputs
+    on them, and the held-out labels when the evaluation data has them."""
+
+    calib: list[Feeds]
+    held: list[Feeds]
+    reference: list[list[Any]]
+    labels: Any
+    described: str
+
+
+@dataclass
 class _Checked:
     """An artifact in the staging folder that has loaded and run, with its agreement."""
 
@@ -363,6 +405,10 @@ class _Checked:
     session: Any
     agreement: Agreement
     folder: Path
+    #: the recipe the artifact was made with (the gate adds its float layers as rules)
+    recipe: Recipe
+    outputs: list[list[Any]]
+    gate: dict[str, Any] | None = None
 
 
 def _quantize_and_check(
@@ -370,30 +416,175 @@ def _quantize_and_check(
     recipe: Recipe,
     source: SourceModel,
     fp32: Converted,
-    calib: list[Feeds],
-    held: list[Feeds],
-    reference: list[list[Any]],
+    data: _Data,
     workdir: Path,
 ) -> _Checked:
     """The quantize and evaluate stages for one recipe, inside the staging folder."""
+    calib, held = data.calib, data.held
     folder = workdir / recipe.precision
     folder.mkdir()
     calibrated = f" (calibrating on {len(calib)} samples)" if recipe.needs_calibration else ""
     stage(f"{plan.backend.name} {recipe.precision}{calibrated}")
     stem = plan.stem(source.name, recipe)
-    result = plan.backend.quantize(fp32, source, recipe, calib, folder, stem)
     # The agreement check runs here; a remote target device is benchmarked, not used here.
     local = None if is_remote(plan.check_on) else plan.check_on
+    gated = None
+    if recipe.max_accuracy_drop is not None and recipe.precision != "fp32":
+        gated = _gate(plan, recipe, source, fp32, data, folder, stem, local)
+        result, recipe, gate_json = gated
+    else:
+        result = plan.backend.quantize(fp32, source, recipe, calib, folder, stem)
+        gate_json = None
+    _device_fallback(plan, recipe, result)
     session = plan.backend.open_session(result.primary, device=local)
     if not held:
         # Every artifact runs at least once before it is moved into place.
         probe = calib[:1] or load_samples("random", source.inputs, limit=1, seed=recipe.seed)
         session.run(probe[0])
     candidate = [session.run(f) for f in progress(held, desc=f"exported {recipe.precision}")]
-    checked = _Checked(result, session, compare(reference, candidate), folder)
+    checked = _Checked(
+        result,
+        session,
+        compare(data.reference, candidate),
+        result.primary.parent,
+        recipe,
+        candidate,
+        gate_json,
+    )
     if recipe.precision != "fp32" and local is not None:
         _speed_check(plan, recipe, source, fp32, (held or calib)[:1], workdir, checked)
     return checked
+
+
+#: what each recipe precision computes in, as a layer precision (edgekit.layers)
+_COMPUTES = {
+    "fp32": "float",
+    "fp16": "fp16",
+    "int8": "int8",
+    "int16x8": "int16",
+    "int8-dynamic": "float",
+    "int8-weights": "float",
+    "int4-weights": "float",
+}
+
+
+def _device_fallback(plan: ExportPlan, recipe: Recipe, result: ExportOutput) -> None:
+    """A target whose device executes only some precisions (an Edge TPU: int8) runs every
+    other layer as a fallback (on the CPU, or at a lower precision): say which layers."""
+    executes = plan.target.executes
+    if not executes:
+        return
+    assigned = (result.details.get("layer_rules") or {}).get("assigned", {})
+    default = _COMPUTES.get(recipe.precision, "float")
+    off = {name: p for name, p in assigned.items() if p not in executes}
+    whole = default not in executes
+    if not off and not whole:
+        return
+    result.details["device_fallback"] = {"executes": list(executes), "layers": off, "all": whole}
+    where = f"{plan.target.name} executes {', '.join(executes)}"
+    if whole:
+        result.warnings.append(
+            f"device fallback: {where}, and {recipe.precision} computes in {default}: the "
+            f"whole model falls back; use --precision {_preferred(executes)}"
+        )
+    else:
+        names = ", ".join(f"{n} ({p})" for n, p in list(off.items())[:8])
+        more = " ..." if len(off) > 8 else ""
+        result.warnings.append(
+            f"device fallback: {where}; {len(off)} layer(s) planned otherwise run off it "
+            f"(an accelerator hands them back to the CPU): {names}{more}"
+        )
+
+
+def _preferred(executes: Sequence[str]) -> str:
+    for precision, computes in _COMPUTES.items():
+        if computes in executes:
+            return precision
+    return "int8"
+
+
+def _gate(
+    plan: ExportPlan,
+    recipe: Recipe,
+    source: SourceModel,
+    fp32: Converted,
+    data: _Data,
+    folder: Path,
+    stem: str,
+    device: str | None,
+) -> tuple[ExportOutput, Recipe, dict[str, Any]]:
+    """--max-accuracy-drop: the artifact whose held-out metric is within budget with the
+    fewest float layers the greedy search found (edgekit.accuracy), or AccuracyGateError."""
+    from edgekit.accuracy import Evaluator, gate
+    from edgekit.metrics import default_metric
+
+    if not data.held or "random" in data.described:
+        raise DataError(
+            "--max-accuracy-drop needs real held-out data to measure the drop on: pass "
+            "--eval-data PATH (labelled: class folders or a .npz with 'labels') or more "
+            "--calibration data"
+        )
+    metric = (
+        default_metric(data.reference, data.labels) if recipe.metric == "auto" else recipe.metric
+    )
+    ev = Evaluator(
+        plan.backend,
+        fp32,
+        source,
+        recipe,
+        data.calib,
+        data.held,
+        data.reference,
+        data.labels,
+        metric,
+        folder / "gate",
+        device,
+    )
+    result = gate(ev, recipe.max_accuracy_drop or 0.0, recipe.max_float_layers)
+    against = "labels" if ev.labels is not None else "the FP32 source's outputs"
+    if not result.met:
+        best = result.final
+        raise AccuracyGateError(
+            f"--max-accuracy-drop {result.budget}: the best {recipe.precision} reached a "
+            f"{metric} drop of {best.drop:.3g} points (FP32 {result.baseline:.4g}, "
+            f"{recipe.precision} {best.value:.4g}, against {against}, {len(data.held)} samples) "
+            f"with {len(result.float_layers)} of {len(ev.layers())} layers in float; nothing was "
+            "written: allow a larger drop, try another --precision (int16x8, fp16) or "
+            "--calibration-method, or train with quantization"
+        )
+    final = result.final
+    summary = result.to_json()  # before the move: it reads the trial's file sizes
+    final_size = final.size_bytes
+    # The chosen trial's files become the artifact: move them up into the precision folder.
+    for f in final.result.files:
+        f.replace(folder / f.name)
+    moved = ExportOutput(
+        primary=folder / final.result.primary.name,
+        files=[folder / f.name for f in final.result.files],
+        details=final.result.details,
+        warnings=final.result.warnings,
+        notes=final.result.notes,
+    )
+    shutil.rmtree(folder / "gate", ignore_errors=True)
+    gate_rules = [r for r in final.rules if r.origin == "accuracy gate"]
+    chosen = recipe.updated(rules=[*recipe.rules, *gate_rules])
+    summary["against"] = against
+    summary["samples"] = len(data.held)
+    if result.float_layers:
+        moved.notes.append(
+            f"accuracy gate: {len(result.float_layers)} of {len(ev.layers())} layers kept in "
+            f"float ({', '.join(result.float_layers)}) for a {metric} drop of "
+            f"{final.drop:.3g} points (budget {result.budget}; all-{recipe.precision}: "
+            f"{result.steps[0]['drop']:.3g}); size {final_size / 1e6:.2f} MB against "
+            f"{result.full_int8_size / 1e6:.2f} MB all-{recipe.precision}"
+        )
+    else:
+        moved.notes.append(
+            f"accuracy gate: all layers {recipe.precision}, {metric} drop "
+            f"{final.drop:.3g} points within the budget of {result.budget}"
+        )
+    moved.details["accuracy_gate"] = summary
+    return moved, chosen, summary
 
 
 def _speed_check(
@@ -414,7 +605,7 @@ def _speed_check(
     folder = workdir / "fp32-speed"
     if not folder.exists():
         folder.mkdir()
-        base = recipe.updated(precision="fp32", keep_float=())
+        base = recipe.updated(precision="fp32", keep_float=(), rules=())
         plan.backend.quantize(fp32, source, base, [], folder, "fp32")
     primary = next(p for p in sorted(folder.iterdir()) if p.suffix == plan.backend.suffix)
     local = None if is_remote(plan.check_on) else plan.check_on
@@ -441,6 +632,100 @@ def _speed_check(
             f"for speed, or keep {recipe.precision} for its size (measure on the device with "
             "edgekit benchmark)"
         )
+
+
+#: what --precision auto tries, in order, where the backend offers them
+AUTO_PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "int8-dynamic", "int8-weights")
+#: --precision auto's accuracy budget when --max-accuracy-drop is not given, in points
+AUTO_BUDGET = 1.0
+
+
+def auto_candidates(target: str, calibrated: bool) -> list[str]:
+    """The precisions --precision auto measures on ``target``: what its backend offers from
+    AUTO_PRECISIONS, those needing calibration only with calibration data, and only what the
+    target's device executes (an Edge TPU: int8) besides the fp32 reference."""
+    from edgekit.backends import get_backend
+    from edgekit.recipe import NEEDS_CALIBRATION
+    from edgekit.targets import resolve_target
+
+    tgt = resolve_target(target)
+    offered = get_backend(tgt.backend).capabilities.precisions
+    found = [
+        p
+        for p in AUTO_PRECISIONS
+        if p in offered
+        and (calibrated or p not in NEEDS_CALIBRATION)
+        and (p == "fp32" or not tgt.executes or p in tgt.executes)
+    ]
+    return found
+
+
+def _auto(
+    plan: ExportPlan,
+    source: SourceModel,
+    fp32: Converted,
+    how: str,
+    data: _Data,
+    workdir: Path,
+) -> ExportReport:
+    """--precision auto: every candidate quantized, checked and timed against fp32 on this
+    machine (interleaved, 1 thread), then the fastest within the accuracy budget committed."""
+    from edgekit.metrics import default_metric, score
+
+    recipe0 = plan.recipes[0]
+    budget = recipe0.max_accuracy_drop if recipe0.max_accuracy_drop is not None else AUTO_BUDGET
+    metric = (
+        default_metric(data.reference, data.labels) if recipe0.metric == "auto" else recipe0.metric
+    )
+    baseline = score(metric, data.reference, data.reference, data.labels).value if data.held else 0
+    rows: list[dict[str, Any]] = []
+    checked_by: dict[str, tuple[_Checked, Sequence[str]]] = {}
+    for recipe, ignored in zip(plan.recipes, plan.ignored, strict=True):
+        row: dict[str, Any] = {"precision": recipe.precision}
+        try:
+            checked = _quantize_and_check(plan, recipe, source, fp32, data, workdir)
+        except AccuracyGateError as exc:
+            rows.append({**row, "meets_budget": False, "why": str(exc)})
+            continue
+        value = (
+            score(metric, checked.outputs, data.reference, data.labels).value if data.held else 0
+        )
+        speed = checked.result.details.get("speed_check") or {}
+        ratio = 1.0 if recipe.precision == "fp32" else speed.get("ratio")
+        size = sum(f.stat().st_size for f in checked.result.files)
+        row.update(
+            metric=metric,
+            value=round(value, 4),
+            drop=round(baseline - value, 4),
+            latency_vs_fp32=ratio,
+            size_bytes=size,
+            meets_budget=baseline - value <= budget,
+        )
+        if checked.gate and checked.gate.get("float_layers"):
+            row["float_layers"] = checked.gate["float_layers"]
+        rows.append(row)
+        checked_by[recipe.precision] = (checked, ignored)
+    fits = [r for r in rows if r.get("meets_budget")]
+    # fp32 always fits (drop 0); an unmeasured ratio (a model too quick to time) ranks after
+    # every measured one, then the smaller artifact wins.
+    best = min(
+        fits,
+        key=lambda r: (
+            r["latency_vs_fp32"] is None,
+            r["latency_vs_fp32"] if r["latency_vs_fp32"] is not None else 0.0,
+            r["size_bytes"],
+        ),
+    )
+    for r in rows:
+        r["chosen"] = r is best
+    checked, ignored = checked_by[best["precision"]]
+    report = _commit(plan, checked.recipe, source, fp32, how, checked, data.described, ignored)
+    report.choices = rows
+    report.notes.append(
+        f"--precision auto chose {best['precision']}: the fastest on this CPU within "
+        f"{budget} points of {metric} (1 thread, interleaved against fp32)"
+    )
+    return report
 
 
 def _commit(
@@ -524,4 +809,5 @@ def _commit(
         seconds=0.0,
         warnings=warnings,
         notes=[*source.notes, *result.notes, convert_cache.describe_hit(how)],
+        gate=checked.gate,
     )

@@ -156,6 +156,30 @@ def _check_dynamic(dynamic: Sequence[str], fmt: str, backend: Backend) -> None:
     )
 
 
+def _check_rules(recipe: Recipe, backend: Backend) -> None:
+    """Each layer rule's precision must map onto a mechanism the backend has at the recipe's
+    precision (its capabilities say which); fp32 takes no rules (Recipe.unused warns)."""
+    rules = recipe.effective_rules()
+    if not rules or recipe.precision == "fp32":
+        return
+    allowed = backend.capabilities.layer_precisions.get(recipe.precision, ())
+    for rule in rules:
+        if rule.precision in allowed:
+            continue
+        others = [
+            n
+            for n in backend_names()
+            if rule.precision
+            in get_backend(n).capabilities.layer_precisions.get(recipe.precision, ())
+        ]
+        elsewhere = f"; --target {' or --target '.join(others)} can" if others else ""
+        can = ", ".join(allowed) if allowed else "no per-layer precision"
+        raise UsageError(
+            f"{rule.origin} '{rule.pattern}' -> {rule.precision}: {backend.name} at precision "
+            f"{recipe.precision} can give layers {can}{elsewhere}"
+        )
+
+
 def _source_name(model: Any) -> str:
     """The stem an artifact gets from its source (SourceModel.name, known before loading)."""
     if not isinstance(model, str | Path):
@@ -222,6 +246,7 @@ def plan_export(
         refused = backend.capabilities.refusals(recipe)
         if refused:
             raise UsageError(refused[0])
+        _check_rules(recipe, backend)
         if (
             recipe_fields.get("percentile") is not None
             and recipe.calibration_method != "percentile"

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from edgekit.errors import UsageError
+from edgekit.layers import Rule, parse_rules
 
 PRECISIONS: tuple[str, ...] = (
     "fp32",
@@ -28,6 +29,8 @@ IO_DTYPES: tuple[str, ...] = ("float", "int8", "uint8")
 MAX_SAMPLES = 100_000
 # Fields whose default None means "the backend decides" (see Recipe.reduce_range).
 _TRI_STATE = frozenset({"reduce_range"})
+# Fields whose default None means "not asked for" and that otherwise hold a number.
+_OPTIONAL_NUMBER = frozenset({"max_accuracy_drop", "max_float_layers"})
 # Precisions whose quantizer needs representative input data.
 NEEDS_CALIBRATION: tuple[str, ...] = ("int8", "int16x8")
 
@@ -42,7 +45,10 @@ APPLIES_TO: dict[str, tuple[str, ...]] = {
     "reduce_range": ("int8", "int8-dynamic", "int8-weights"),
     "isa": ("int8", "int8-dynamic"),
     "keep_float": ("fp16", *_QUANTIZED),
+    "rules": ("fp16", *_QUANTIZED),
     "io_dtype": ("int8",),
+    "max_accuracy_drop": _QUANTIZED,
+    "max_float_layers": _QUANTIZED,
 }
 #: how the CLI spells a field, for messages
 FLAG_NAMES: dict[str, str] = {
@@ -53,9 +59,13 @@ FLAG_NAMES: dict[str, str] = {
     "percentile": "--percentile",
     "reduce_range": "--reduce-range",
     "keep_float": "--keep-float",
+    "rules": "--rules",
     "io_dtype": "--io",
     "warn_cosine": "--warn-cosine",
     "warn_top1": "--warn-top1",
+    "max_accuracy_drop": "--max-accuracy-drop",
+    "max_float_layers": "--max-float-layers",
+    "metric": "--metric",
 }
 
 
@@ -83,14 +93,24 @@ class Recipe:
     isa: str = ""
     #: percentile for the percentile calibration method
     percentile: float = 99.999
-    #: node/layer names kept in float
+    #: layer patterns kept in float (each a rule ``pattern -> float``, after ``rules``)
     keep_float: tuple[str, ...] = ()
+    #: ordered layer rules ``pattern -> int8 | int16 | fp16 | float``, last match wins
+    #: (:mod:`edgekit.layers`); layers no rule matches get ``precision``
+    rules: tuple[Rule, ...] = ()
     #: dtype of the artifact's inputs/outputs for full-integer models (Edge TPU, MCUs)
     io_dtype: str = "float"
     #: warn when the artifact's mean output cosine with the FP32 source is below this
     warn_cosine: float = 0.99
     #: warn when its top-1 agreement (classifier-like outputs) is below this
     warn_top1: float = 0.98
+    #: the accuracy gate: the most the held-out metric may drop against the FP32 source, in
+    #: points of ``metric``; layers move to float until it holds (None: no gate)
+    max_accuracy_drop: float | None = None
+    #: the gate's metric (edgekit.metrics.METRICS), or "auto": chosen from the outputs
+    metric: str = "auto"
+    #: the most layers the gate may move to float (None: as many as it takes)
+    max_float_layers: int | None = None
 
     def _check_types(self) -> None:
         """Values from a target or recipe TOML arrive untyped: ``per_channel = "no"`` must not
@@ -101,6 +121,11 @@ class Recipe:
             if f.name in _TRI_STATE:
                 ok = value is None or isinstance(value, bool)
                 want = "true or false"
+            elif f.name in _OPTIONAL_NUMBER:
+                ok = value is None or (
+                    isinstance(value, int | float) and not isinstance(value, bool)
+                )
+                want = "a number"
             elif isinstance(default, bool):
                 ok = isinstance(value, bool)
                 want = "true or false"
@@ -113,6 +138,9 @@ class Recipe:
             elif isinstance(default, str):
                 ok = isinstance(value, str)
                 want = "a string"
+            elif f.name == "rules":
+                ok = isinstance(value, tuple) and all(isinstance(v, Rule) for v in value)
+                want = "a list of {pattern, precision} tables"
             else:
                 ok = isinstance(value, tuple) and all(isinstance(v, str) for v in value)
                 want = "a list of strings"
@@ -159,7 +187,30 @@ class Recipe:
                 raise UsageError(f"{flag} must be from 0 to 1, got {getattr(self, name)}")
         if not 50.0 < self.percentile <= 100.0:
             raise UsageError("--percentile must be in (50, 100], e.g. 99.99")
+        parse_rules(list(self.effective_rules()))
+        if self.max_accuracy_drop is not None and not 0.0 <= self.max_accuracy_drop <= 100.0:
+            raise UsageError(
+                f"--max-accuracy-drop must be from 0 to 100 points, got {self.max_accuracy_drop}"
+            )
+        if self.max_float_layers is not None and (
+            not isinstance(self.max_float_layers, int) or self.max_float_layers < 0
+        ):
+            raise UsageError(
+                f"--max-float-layers must be a whole number of 0 or more, got "
+                f"{self.max_float_layers}"
+            )
+        from edgekit.metrics import METRICS
+
+        if self.metric != "auto" and self.metric not in METRICS:
+            raise UsageError(
+                f"unknown --metric '{self.metric}'; choose auto or one of {', '.join(METRICS)}"
+            )
         return self
+
+    def effective_rules(self) -> tuple[Rule, ...]:
+        """``rules`` then one ``pattern -> float`` rule per ``keep_float`` entry: the flag
+        comes last so that it wins over a rules file, as a command line should."""
+        return (*self.rules, *(Rule(p, "float", "--keep-float") for p in self.keep_float))
 
     def unused(self, given: Iterable[str]) -> list[str]:
         """Warnings for fields the caller set that do nothing at this recipe's precision."""
@@ -181,6 +232,7 @@ class Recipe:
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["keep_float"] = list(self.keep_float)
+        out["rules"] = [r.to_json() for r in self.rules]
         return out
 
     def updated(self, **changes: Any) -> Recipe:
@@ -191,4 +243,6 @@ class Recipe:
             raise UsageError(f"unknown recipe field(s) {bad}; known: {sorted(known)}")
         # TOML and JSON give lists where the recipe keeps tuples.
         clean = {k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()}
+        if clean.get("rules") is not None:
+            clean["rules"] = parse_rules(list(clean["rules"]))
         return replace(self, **{k: v for k, v in clean.items() if v is not None})

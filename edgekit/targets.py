@@ -23,6 +23,7 @@ _KEY_TYPES: dict[str, type] = {
     "device": str,
     "accelerator": str,
     "isa": str,
+    "executes": list,
     "precision": dict,
     "recipe": dict,
     "benchmark": dict,
@@ -45,6 +46,10 @@ class Target:
     #: Backends choose their int8 weight scheme from it (edgekit.cpu explains why)
     isa: str = ""
     default_precision: str = "fp32"
+    #: what the target's device executes natively, as layer precisions (edgekit.layers:
+    #: int8, int16, fp16, float); empty: everything. A layer planned at anything else runs as
+    #: a device fallback (an Edge TPU hands a float op back to the CPU), reported as such
+    executes: tuple[str, ...] = ()
     #: recipe defaults for this target (e.g. per_channel); holds ``isa`` too when the profile
     #: states one, which is how the ISA reaches the backend's quantizer through the Recipe
     recipe: dict[str, Any] = field(default_factory=dict)
@@ -82,7 +87,7 @@ def _from_toml(path: Path) -> Target:
         raise UsageError(f"target profile {path}: unknown key(s) {unknown}")
     for key, kind in _KEY_TYPES.items():
         if key in data and not isinstance(data[key], kind):
-            want = "a table" if kind is dict else "a string"
+            want = {dict: "a table", list: "a list"}.get(kind, "a string")
             raise UsageError(f"target profile {path}: '{key}' must be {want}, got {data[key]!r}")
     backend = data.get("backend")
     if backend not in backend_names():
@@ -95,6 +100,14 @@ def _from_toml(path: Path) -> Target:
     isa = data.get("isa", "")
     if isa:
         check_isa(isa, f"target profile {path}")
+    executes = data.get("executes", [])
+    from edgekit.layers import LAYER_PRECISIONS
+
+    bad = [e for e in executes if e not in LAYER_PRECISIONS]
+    if bad:
+        raise UsageError(
+            f"target profile {path}: executes {bad} must be among {', '.join(LAYER_PRECISIONS)}"
+        )
     recipe = dict(data.get("recipe", {}))
     if isa:
         recipe["isa"] = isa
@@ -105,6 +118,7 @@ def _from_toml(path: Path) -> Target:
         device=data.get("device", "local"),
         accelerator=data.get("accelerator", ""),
         isa=isa,
+        executes=tuple(executes),
         default_precision=precision.get("default", "fp32"),
         recipe=recipe,
         benchmark=dict(data.get("benchmark", {})),

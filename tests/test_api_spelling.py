@@ -52,7 +52,7 @@ def test_the_same_mistake_from_python_and_from_the_cli(tmp_path: Path) -> None:
             calibration="random",
             keep_float=("nosuch",),
         )
-    assert str(err.value).startswith("keep_float nosuch: no such node")
+    assert str(err.value).startswith("keep_float 'nosuch' matches no layer")
     done = subprocess.run(
         [
             sys.executable,
@@ -74,4 +74,4 @@ def test_the_same_mistake_from_python_and_from_the_cli(tmp_path: Path) -> None:
         timeout=120,
     )
     assert done.returncode == 2
-    assert done.stderr.startswith("edgekit: error: --keep-float nosuch: no such node")
+    assert done.stderr.startswith("edgekit: error: --keep-float 'nosuch' matches no layer")

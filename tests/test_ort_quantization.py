@@ -130,7 +130,9 @@ def test_keep_float_at_fp16_keeps_that_node_in_float32(onnx_cnn, tmp_path):
 
 @pytest.mark.parametrize("precision", ["fp16", "int8", "int8-dynamic"])
 def test_keep_float_naming_no_node_is_refused(onnx_cnn, calib, tmp_path, precision):
-    with pytest.raises(UsageError, match=r"keep_float nosuch: no such node in the ONNX model"):
+    with pytest.raises(
+        UsageError, match=r"keep_float 'nosuch' matches no layer of the onnxruntime model"
+    ):
         edgekit.export(
             onnx_cnn,
             "onnxruntime",

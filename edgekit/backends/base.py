@@ -17,7 +17,7 @@ both must agree on, so a benchmark and a session see the same inputs and precisi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from edgekit.errors import DeviceError
+from edgekit.layers import Layer
 from edgekit.model import Feeds, SourceModel, TensorSpec
 from edgekit.recipe import Recipe
 
@@ -77,6 +78,9 @@ class Capabilities:
     unsupported: tuple[Unsupported, ...] = ()
     #: source formats whose dynamic input dimensions it can keep in the artifact (--dynamic)
     dynamic_sources: tuple[str, ...] = ()
+    #: per recipe precision, the layer precisions a rule may give (edgekit.layers): each one
+    #: mapped onto the backend's own mechanism; a precision absent here takes no rules
+    layer_precisions: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def refusals(self, recipe: Recipe) -> list[str]:
         return [u.why for u in self.unsupported if u.matches(recipe)]
@@ -137,6 +141,11 @@ class Backend(Protocol):
         stem: str,
     ) -> ExportOutput:
         """The artifact at ``recipe``, written into ``workdir`` (never into ``converted``)."""
+        ...
+
+    def layers(self, converted: Converted, source: SourceModel | None = None) -> list[Layer]:
+        """The quantizable layers of ``converted``, named by ``source``'s names where they can
+        be traced (edgekit.layers): what layer rules and the accuracy gate address."""
         ...
 
     def open_session(

@@ -32,21 +32,19 @@ from edgekit.backends.base import Capabilities, Converted, ExportOutput, Unsuppo
 from edgekit.backends.onnxruntime import runner as _runner
 from edgekit.backends.onnxruntime.advice import calibration_advice
 from edgekit.backends.onnxruntime.fp16 import to_fp16
-from edgekit.backends.onnxruntime.graph import (
-    check_keep_float,
-    opset_for_per_channel,
-    upcast_if_fp16,
-)
+from edgekit.backends.onnxruntime.graph import opset_for_per_channel, upcast_if_fp16
 from edgekit.backends.onnxruntime.int8 import (
     dynamic_int8,
     quantized_ops,
     static_int8,
     weight_scheme,
 )
+from edgekit.backends.onnxruntime.layers import layers as list_layers
 from edgekit.backends.onnxruntime.names import shorten_generated_names
 from edgekit.backends.onnxruntime.runtime import error_text
 from edgekit.backends.onnxruntime.session import OrtSession
 from edgekit.errors import ConversionError, EdgekitError, UsageError
+from edgekit.layers import Layer, resolve
 from edgekit.model import Feeds, SourceModel
 from edgekit.recipe import Recipe
 
@@ -84,6 +82,14 @@ CAPABILITIES = Capabilities(
     precisions=("fp32", "fp16", "int8", "int8-dynamic"),
     # An ONNX source's graph states its dynamic dims and every ORT precision keeps them.
     dynamic_sources=("onnx",),
+    # Float layers are nodes_to_exclude (int8) or node_block_list (fp16). ORT's QDQ path
+    # quantizes activations to 16 bits only with com.microsoft Q/DQ ops or opset 21, and its
+    # x86 kernels for them are not the fused integer ones: int16 layers are TFLite's.
+    layer_precisions={
+        "fp16": ("fp16", "float"),
+        "int8": ("int8", "float"),
+        "int8-dynamic": ("int8", "float"),
+    },
     unsupported=(
         Unsupported(
             "io_dtype",
@@ -122,6 +128,12 @@ class OnnxRuntimeBackend:
     def check_device(self, device: str | None) -> None:
         cpu_only("ONNX Runtime", device)
 
+    def layers(self, converted: Converted, source: SourceModel | None = None) -> list[Layer]:
+        """The quantizable layers of ``converted`` named by the source model's names, with
+        the native names ORT's quantizers take; pass ``source`` where it is at hand
+        (:mod:`edgekit.backends.onnxruntime.layers`)."""
+        return list_layers(converted, source)
+
     def convert(self, source: SourceModel, folder: Path) -> Converted:
         source.to_onnx(folder / "model.onnx")
         return Converted(folder, sorted(p.name for p in folder.iterdir()))
@@ -145,16 +157,19 @@ class OnnxRuntimeBackend:
         notes: list[str] = []
         details: dict[str, Any] = {}
         numerics = onnx_numerics(onnx.load(str(fp32), load_external_data=False))
+        layer_plan = resolve(self, converted, recipe, source)
+        keep = layer_plan.native("float") if layer_plan else []
+        if layer_plan:
+            details["layer_rules"] = layer_plan.to_json()
         try:
             if recipe.precision == "fp32":
                 shutil.copyfile(fp32, out)
             elif recipe.precision == "fp16" and numerics.fp16:
                 # Converting again would round nothing and onnxconverter-common refuses it.
-                check_keep_float(fp32, recipe.keep_float)
-                if recipe.keep_float:
+                if keep:
                     raise UsageError(
-                        "--keep-float at fp16 keeps a node's fp32 weights, and this source "
-                        f"has none ({numerics.describe()}); export it at --precision fp32, or "
+                        "a float layer at fp16 keeps its fp32 weights, and this source has "
+                        f"none ({numerics.describe()}); export it at --precision fp32, or "
                         "from an fp32 source"
                     )
                 shutil.copyfile(fp32, out)
@@ -164,7 +179,7 @@ class OnnxRuntimeBackend:
                 )
                 details["fp16_source"] = "kept as is"
             elif recipe.precision == "fp16":
-                to_fp16(fp32, out, recipe.keep_float)
+                to_fp16(fp32, out, keep)
                 advice.append(
                     "fp16 halves the size but is not faster on ONNX Runtime's CPU provider "
                     "(1.0-1.16x fp32 latency in tools/bench_ort.py); for CPU speed use int8"
@@ -175,7 +190,7 @@ class OnnxRuntimeBackend:
                 advice += note
                 reduce, scheme = weight_scheme(recipe)
                 notes.append(scheme.pop("note"))
-                details.update(static_int8(src, out, recipe, reduce, calibration, workdir))
+                details.update(static_int8(src, out, recipe, reduce, calibration, workdir, keep))
                 notes.append(details.pop("note"))
                 details["scheme"] = scheme
                 if details.get("recurrent_dynamic"):
@@ -193,7 +208,7 @@ class OnnxRuntimeBackend:
                 advice += note
                 reduce, scheme = weight_scheme(recipe)
                 notes.append(scheme.pop("note"))
-                advice += dynamic_int8(src, out, recipe, reduce)
+                advice += dynamic_int8(src, out, recipe, reduce, keep)
                 details["scheme"] = scheme
             if recipe.precision in ("int8", "int8-dynamic"):
                 details["generated_names_shortened"] = shorten_generated_names(out, src)

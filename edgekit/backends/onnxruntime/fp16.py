@@ -14,8 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.backends.onnxruntime.graph import check_keep_float
-
 
 def to_fp16(src: Path, out: Path, keep_float: Sequence[str]) -> None:
     import onnx
@@ -23,7 +21,6 @@ def to_fp16(src: Path, out: Path, keep_float: Sequence[str]) -> None:
 
     from edgekit.prepare.shapes import unique_value_info
 
-    check_keep_float(src, keep_float)
     model = onnx.load(str(src))
     # A graph that did not pass through the prepare stage (a torch or Keras bridge, or a
     # preparation that was skipped) may repeat value_info, which the converter mis-types.

@@ -9,14 +9,13 @@ fp32 copy of an fp16-weight source, and the check of ``--keep-float`` node names
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgekit.backends.onnxruntime.runtime import error_text
-from edgekit.errors import ConversionError, UsageError
+from edgekit.errors import ConversionError
 from edgekit.recipe import Recipe
 
 # Per-channel DequantizeLinear (its ``axis`` attribute) exists from opset 13 on.
@@ -141,22 +140,3 @@ def upcast_fp16(model: Any) -> int:
 
     graph(model.graph)
     return changed
-
-
-def check_keep_float(src: Path, keep: Sequence[str]) -> None:
-    """ORT skips names in nodes_to_exclude that match nothing: a typo would quantize the very
-    layer the user meant to keep in float, so an unknown name is refused here."""
-    if not keep:
-        return
-    import onnx
-
-    graph = onnx.load(str(src), load_external_data=False).graph
-    names = {n.name for n in graph.node}
-    unknown = [k for k in keep if k not in names]
-    if unknown:
-        weighted = [n.name for n in graph.node if n.op_type in ("Conv", "MatMul", "Gemm")]
-        raise UsageError(
-            f"--keep-float {', '.join(unknown)}: no such node in the ONNX model; its weighted "
-            f"nodes are {', '.join(weighted[:12]) or 'none'}"
-            + (" ..." if len(weighted) > 12 else "")
-        )

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.backends.onnxruntime.calibration import calibrate
-from edgekit.backends.onnxruntime.graph import check_keep_float
 from edgekit.backends.onnxruntime.runtime import quiet
 from edgekit.cpu import deployment_isa
 from edgekit.model import Feeds
@@ -48,7 +47,10 @@ def static_int8(
     reduce_range: bool,
     calibration: Sequence[Feeds],
     workdir: Path,
+    keep_float: Sequence[str] = (),
 ) -> dict[str, Any]:
+    """Static QDQ int8 of ``src`` into ``out``; ``keep_float`` are node names left in float
+    (resolved from the recipe's layer rules by edgekit.layers)."""
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -58,7 +60,6 @@ def static_int8(
     from onnxruntime.quantization.calibrate import save_tensors_data
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    check_keep_float(src, recipe.keep_float)
     prepared = workdir / "prepared.onnx"
     try:
         with quiet():
@@ -86,7 +87,7 @@ def static_int8(
             reduce_range=reduce_range,
             activation_type=act,
             weight_type=QuantType.QInt8,
-            nodes_to_exclude=list(recipe.keep_float),
+            nodes_to_exclude=list(keep_float),
             calibrate_method=method,
             extra_options={
                 "ActivationSymmetric": recipe.activation_symmetric,
@@ -94,7 +95,7 @@ def static_int8(
             },
             calibration_cache_path=str(cache),
         )
-    recurrent = quantize_recurrent(out, recipe, reduce_range, workdir)
+    recurrent = quantize_recurrent(out, recipe, reduce_range, workdir, keep_float)
     return {
         **recurrent,
         "quant_format": "QDQ",
@@ -107,11 +108,12 @@ def static_int8(
     }
 
 
-def dynamic_int8(src: Path, out: Path, recipe: Recipe, reduce_range: bool) -> list[str]:
+def dynamic_int8(
+    src: Path, out: Path, recipe: Recipe, reduce_range: bool, keep_float: Sequence[str] = ()
+) -> list[str]:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    check_keep_float(src, recipe.keep_float)
     convs, dense = _conv_share(onnx.load(str(src), load_external_data=False))
     advice = []
     if convs > dense:
@@ -128,7 +130,7 @@ def dynamic_int8(src: Path, out: Path, recipe: Recipe, reduce_range: bool) -> li
             per_channel=recipe.per_channel,
             reduce_range=reduce_range,
             weight_type=QuantType.QInt8,
-            nodes_to_exclude=list(recipe.keep_float),
+            nodes_to_exclude=list(keep_float),
         )
     return advice
 
@@ -141,7 +143,7 @@ _RECURRENT_FLOAT = ("GRU", "RNN")
 
 
 def quantize_recurrent(
-    model: Path, recipe: Recipe, reduce_range: bool, workdir: Path
+    model: Path, recipe: Recipe, reduce_range: bool, workdir: Path, keep_float: Sequence[str] = ()
 ) -> dict[str, Any]:
     """Quantize the LSTM weights of the static QDQ ``model`` in place with ORT's dynamic
     quantizer, restricted to LSTM, so that a CNN+LSTM (ddddocr: 4.2M of its 13.5M parameters
@@ -152,7 +154,7 @@ def quantize_recurrent(
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     graph = onnx.load(str(model), load_external_data=False).graph
-    keep = set(recipe.keep_float)
+    keep = set(keep_float)
     lstm = [n.name for n in graph.node if n.op_type in _RECURRENT_DYNAMIC and n.name not in keep]
     floats = sorted({n.op_type for n in graph.node if n.op_type in _RECURRENT_FLOAT})
     found: dict[str, Any] = {}

@@ -36,6 +36,7 @@ import numpy as np
 from edgekit.backends.base import Capabilities, Converted, ExportOutput, Unsupported
 from edgekit.backends.openvino import runner as _runner
 from edgekit.backends.openvino.convert import CONVERTERS, ROUTES, convert_source
+from edgekit.backends.openvino.layers import layers as list_layers
 from edgekit.backends.openvino.quantize import compress_weights, quantize_int8
 from edgekit.backends.openvino.runner import RT_PRECISION
 from edgekit.backends.openvino.runtime import (
@@ -48,6 +49,7 @@ from edgekit.backends.openvino.runtime import (
 )
 from edgekit.backends.openvino.session import OvSession, check_device, shared_core
 from edgekit.errors import ConversionError, DataError, DeviceError, ModelFormatError, UsageError
+from edgekit.layers import Layer, resolve
 from edgekit.model import Feeds, SourceModel
 from edgekit.recipe import Recipe
 
@@ -72,6 +74,14 @@ CAPABILITIES = Capabilities(
     precisions=("fp32", "fp16", "int8", "int8-weights", "int4-weights"),
     # The ONNX frontend reads dynamic dims as OpenVINO's own (-1); NNCF quantizes such models.
     dynamic_sources=("onnx",),
+    # Float layers are NNCF's IgnoredScope. fp16 takes no rules: the IR stores every weight as
+    # f16 and the CPU plugin picks its own inference precision. NNCF has no int16 activations
+    # for the CPU.
+    layer_precisions={
+        "int8": ("int8", "float"),
+        "int8-weights": ("int8", "float"),
+        "int4-weights": ("float",),
+    },
     unsupported=(
         Unsupported(
             "io_dtype",
@@ -79,13 +89,6 @@ CAPABILITIES = Capabilities(
             None,
             "--io int8/uint8: OpenVINO IRs keep float inputs and outputs (quantized layers "
             "dequantize inside); integer I/O is for --target tflite",
-        ),
-        Unsupported(
-            "keep_float",
-            None,
-            ("fp16",),
-            "--keep-float applies to int8, int8-weights and int4-weights with --target "
-            "openvino; fp16 stores every weight as f16",
         ),
         Unsupported(
             "calibration_method",
@@ -176,6 +179,12 @@ class OpenVinoBackend:
         report["lines"] = lines
         return report
 
+    def layers(self, converted: Converted, source: SourceModel | None = None) -> list[Layer]:
+        """The quantizable layers of ``converted`` named by the source model's names, with
+        the native names NNCF's IgnoredScope takes; pass ``source`` where it is at hand
+        (:mod:`edgekit.backends.openvino.layers`)."""
+        return list_layers(converted, source)
+
     def convert(self, source: SourceModel, folder: Path) -> Converted:
         """The source as an FP32 IR with the source's static shapes and I/O names."""
         ov = load_openvino()
@@ -211,14 +220,18 @@ class OpenVinoBackend:
             details["fp32_size_bytes"] = sum(constant_bytes(model).values())
         advice: list[str] = []
         notes: list[str] = []
+        layer_plan = resolve(self, converted, recipe, source)
+        keep = layer_plan.native("float") if layer_plan else []
+        if layer_plan:
+            details["layer_rules"] = layer_plan.to_json()
         try:
             with quiet():
                 if recipe.precision == "int8":
-                    model, more = quantize_int8(model, recipe, calibration)
+                    model, more = quantize_int8(model, recipe, calibration, keep)
                     notes.append(more["scheme"].pop("note"))
                     details["quantization"] = more
                 elif recipe.precision in ("int8-weights", "int4-weights"):
-                    model, more = compress_weights(model, recipe)
+                    model, more = compress_weights(model, recipe, keep)
                     details["quantization"] = more
                     if more["model_type"] != "transformer":
                         advice.append(

@@ -65,23 +65,10 @@ def looks_like_transformer(model: Any) -> bool:
     return softmax > 0 and act_matmuls >= 2
 
 
-def _ignored_scope(nncf: Any, model: Any, recipe: Recipe) -> Any:
-    if not recipe.keep_float:
-        return None
-    names = {op.get_friendly_name() for op in model.get_ops()}
-    unknown = [n for n in recipe.keep_float if n not in names]
-    if unknown:
-        weighted = [
-            op.get_friendly_name()
-            for op in model.get_ordered_ops()
-            if op.get_type_name() in ("Convolution", "GroupConvolution", "MatMul")
-        ]
-        raise UsageError(
-            f"--keep-float {', '.join(unknown)}: no such node in the OpenVINO model; its "
-            f"weighted nodes are {', '.join(weighted[:12]) or 'none'}"
-            + (" ..." if len(weighted) > 12 else "")
-        )
-    return nncf.IgnoredScope(names=list(recipe.keep_float))
+def _ignored_scope(nncf: Any, keep_float: Sequence[str]) -> Any:
+    # Names come from edgekit.layers (checked against the model there); validate=True makes
+    # NNCF itself refuse a name that is not in the graph rather than skip it.
+    return nncf.IgnoredScope(names=list(keep_float), validate=True) if keep_float else None
 
 
 def _range_estimator(nncf: Any, recipe: Recipe) -> Any:
@@ -150,9 +137,10 @@ def overflow_fix(kinds: Any, recipe: Recipe) -> tuple[Any, dict[str, Any]]:
 
 
 def quantize_int8(
-    model: Any, recipe: Recipe, calibration: Sequence[Feeds]
+    model: Any, recipe: Recipe, calibration: Sequence[Feeds], keep_float: Sequence[str] = ()
 ) -> tuple[Any, dict[str, Any]]:
-    """``int8``: NNCF post-training quantization of weights and activations."""
+    """``int8``: NNCF post-training quantization of weights and activations; ``keep_float``
+    are op names left in float (resolved from the recipe's layer rules)."""
     nncf = load_nncf()
     from nncf.quantization.advanced_parameters import (
         AdvancedQuantizationParameters,
@@ -181,7 +169,7 @@ def quantize_int8(
         subset_size=len(calibration),
         fast_bias_correction=True,
         model_type=nncf.ModelType.TRANSFORMER if transformer else None,
-        ignored_scope=_ignored_scope(nncf, model, recipe),
+        ignored_scope=_ignored_scope(nncf, keep_float),
         advanced_parameters=advanced,
     )
     details = {
@@ -196,12 +184,14 @@ def quantize_int8(
         "scheme": scheme,
         "calibration_method": recipe.calibration_method,
         "calibration_samples": len(calibration),
-        "keep_float": list(recipe.keep_float),
+        "keep_float": list(keep_float),
     }
     return quantized, details
 
 
-def compress_weights(model: Any, recipe: Recipe) -> tuple[Any, dict[str, Any]]:
+def compress_weights(
+    model: Any, recipe: Recipe, keep_float: Sequence[str] = ()
+) -> tuple[Any, dict[str, Any]]:
     """``int8-weights``/``int4-weights``: NNCF weight-only compression."""
     nncf = load_nncf()
     from nncf.quantization.advanced_parameters import (
@@ -225,14 +215,14 @@ def compress_weights(model: Any, recipe: Recipe) -> tuple[Any, dict[str, Any]]:
     else:
         kwargs = {"mode": nncf.CompressWeightsMode.INT8_ASYM}
     compressed = nncf.compress_weights(
-        model, ignored_scope=_ignored_scope(nncf, model, recipe), **kwargs
+        model, ignored_scope=_ignored_scope(nncf, keep_float), **kwargs
     )
     details = {
         "quantizer": "nncf.compress_weights",
         "mode": kwargs["mode"].value,
         "activations": "float (weight-only compression)",
         "model_type": "transformer" if looks_like_transformer(model) else "default",
-        "keep_float": list(recipe.keep_float),
+        "keep_float": list(keep_float),
     }
     if recipe.precision == "int4-weights":
         details.update(

@@ -33,9 +33,11 @@ import numpy as np
 
 from edgekit.backends.base import Capabilities, Converted, ExportOutput, Unsupported, cpu_only
 from edgekit.backends.tflite import runner as _runner
+from edgekit.backends.tflite.layers import layers as list_layers
 from edgekit.backends.tflite.session import TFLiteSession, write_io_map
 from edgekit.backends.tflite.source import SIGNATURE
 from edgekit.errors import UsageError, require
+from edgekit.layers import Layer
 from edgekit.model import Feeds, SourceModel
 from edgekit.recipe import NEEDS_CALIBRATION, Recipe
 
@@ -66,6 +68,14 @@ CAPABILITIES = Capabilities(
     # ONNX has no in-environment route; see convert.py.
     sources=("keras", "savedmodel", "torch", "tflite"),
     precisions=_PRECISIONS,
+    # ai-edge-quantizer takes a config per op (regex rules), so every layer precision maps
+    # onto one: float (NO_QUANTIZE), int8 (a8w8), int16 (a16w8), fp16 (weight-only casting).
+    layer_precisions={
+        "int8": ("int8", "int16", "float"),
+        "int16x8": ("int16", "int8", "float"),
+        "int8-dynamic": ("int8", "float"),
+        "fp16": ("fp16", "float"),
+    },
     unsupported=(
         Unsupported(
             "reduce_range",
@@ -195,6 +205,12 @@ class TFLiteBackend:
         # "edgetpu"); a profile's name or description is for people, not for this check.
         return target_report(Path(path), target.accelerator == "edgetpu")
 
+    def layers(self, converted: Converted, source: SourceModel | None = None) -> list[Layer]:
+        """The quantizable layers of ``converted`` named by the source model's names, with
+        the native names ai-edge-quantizer's regex rules match; pass ``source`` where it is at hand
+        (:mod:`edgekit.backends.tflite.layers`)."""
+        return list_layers(converted, source)
+
     def convert(self, source: SourceModel, folder: Path) -> Converted:
         from edgekit.backends.tflite.convert import convert
         from edgekit.backends.tflite.source import prepare
@@ -238,6 +254,7 @@ class TFLiteBackend:
         from edgekit.backends.tflite.convert import Converted as TFLiteModel
         from edgekit.backends.tflite.quantize import quantize
         from edgekit.backends.tflite.validate import validate
+        from edgekit.layers import resolve
 
         require("ai_edge_litert.interpreter", "tflite")
         converted = TFLiteModel(
@@ -271,8 +288,11 @@ class TFLiteBackend:
             }
         model = converted.model
         if recipe.precision != "fp32":
+            layer_plan = resolve(self, fp32, recipe, source)
+            if layer_plan:
+                details["layer_rules"] = layer_plan.to_json()
             calib = _calibration_feeds(calibration, converted.inputs)
-            model = quantize(model, recipe, calib, signature)
+            model = quantize(model, recipe, calib, signature, layer_plan)
         out = workdir / f"{stem}{self.suffix}"
         tmp = workdir / f".{stem}.partial"
         tmp.write_bytes(write_io_map(model, converted.io_map()))

@@ -153,7 +153,9 @@ def _from_torch(source: SourceModel) -> Converted:
     handle = source.handle
     # An exported program is already traced for inference, and its module refuses eval().
     exported = isinstance(handle, torch.export.ExportedProgram)
-    module = handle.module() if exported else handle.eval()
+    # unflatten, not .module(): it keeps the module hierarchy, so litert-torch names the ops
+    # by their source modules (layer rules match those names, as on the other backends).
+    module = torch.export.unflatten(handle) if exported else handle.eval()
     notes: list[str] = []
     channel_last: list[int] = []
     args = []

@@ -29,6 +29,7 @@ import numpy as np
 
 from edgekit.backends.tflite.runner import NativeStderr
 from edgekit.errors import ConversionError, UsageError, first_line, require
+from edgekit.layers import LayerPlan
 from edgekit.model import Feeds
 from edgekit.progress import enabled as progress_enabled
 from edgekit.recipe import Recipe
@@ -45,8 +46,17 @@ def _full_minmax(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _configs(recipe: Recipe) -> list[dict[str, Any]]:
-    """The ai-edge-quantizer rules for ``recipe``, in order (a later match wins)."""
+def exact_scope(names: Sequence[str]) -> str:
+    """A regex that selects exactly the ops with these scopes. ai-edge-quantizer matches a
+    rule's regex with ``re.search`` against the op's scope: its output tensor names joined by
+    ';' plus a trailing ';' (tfl_flatbuffer_utils.get_op_scope); anchoring both ends keeps
+    ``conv1`` from also selecting ``conv10``."""
+    return "^(?:" + "|".join(re.escape(n.rstrip(";")) for n in names) + ");?$"
+
+
+def _configs(recipe: Recipe, layer_plan: LayerPlan | None = None) -> list[dict[str, Any]]:
+    """The ai-edge-quantizer rules for ``recipe``, in order (a later match wins), then one
+    rule per layer precision the layer rules asked for, on exactly those ops."""
     qt = require("ai_edge_quantizer.qtyping", "tflite")
     algo = require("ai_edge_quantizer.algorithm_manager", "tflite").AlgorithmName
     op = qt.TFLOperationName
@@ -61,13 +71,7 @@ def _configs(recipe: Recipe) -> list[dict[str, Any]]:
     ]
     p = recipe.precision
     if p == "fp16":
-        cfg = qt.OpQuantizationConfig(
-            weight_tensor_config=qt.TensorQuantizationConfig(
-                num_bits=16, dtype=qt.TensorDataType.FLOAT
-            ),
-            compute_precision=qt.ComputePrecision.FLOAT,
-            explicit_dequantize=True,
-        )
+        cfg = _fp16_weights(qt)
         rules = [
             dict(operation_name=op.ALL_SUPPORTED, op_config=cfg, algorithm_key=algo.FLOAT_CASTING)
         ]
@@ -79,16 +83,7 @@ def _configs(recipe: Recipe) -> list[dict[str, Any]]:
         )
         rules = [dict(operation_name=op.ALL_SUPPORTED, op_config=cfg)]
     else:  # int8 or int16x8: static ranges from calibration
-        bits = 16 if p == "int16x8" else 8
-        act = qt.TensorQuantizationConfig(
-            num_bits=bits, symmetric=bits == 16 or recipe.activation_symmetric
-        )
-        cfg = qt.OpQuantizationConfig(
-            activation_tensor_config=act,
-            weight_tensor_config=w8,
-            compute_precision=qt.ComputePrecision.INTEGER,
-            explicit_dequantize=False,
-        )
+        cfg = _static(qt, w8, 16 if p == "int16x8" else 8, recipe.activation_symmetric)
         rules = [dict(operation_name=op.ALL_SUPPORTED, op_config=cfg)]
         if recipe.io_dtype == "float":
             rules += keep_io
@@ -102,16 +97,43 @@ def _configs(recipe: Recipe) -> list[dict[str, Any]]:
             )
             rules += [dict(operation_name=io_op, op_config=u8) for io_op in (op.INPUT, op.OUTPUT)]
     rules = [{"regex": ".*", **r} if "regex" not in r else r for r in rules]
-    for pattern in recipe.keep_float:
-        rules.append(
-            dict(
-                regex=pattern,
-                operation_name=op.ALL_SUPPORTED,
-                op_config=float_op,
-                algorithm_key=algo.NO_QUANTIZE,
-            )
-        )
+    if layer_plan is None:
+        return rules
+    per_layer: dict[str, dict[str, Any]] = {
+        "float": dict(op_config=float_op, algorithm_key=algo.NO_QUANTIZE),
+        "int8": dict(op_config=_static(qt, w8, 8, recipe.activation_symmetric)),
+        # a16w8: 16-bit symmetric activations, int8 weights (TFLite's int16x8 kernels)
+        "int16": dict(op_config=_static(qt, w8, 16, True)),
+        "fp16": dict(op_config=_fp16_weights(qt), algorithm_key=algo.FLOAT_CASTING),
+    }
+    for precision, config in per_layer.items():
+        names = layer_plan.native(precision)
+        if names:
+            rules.append(dict(regex=exact_scope(names), operation_name=op.ALL_SUPPORTED, **config))
     return rules
+
+
+def _fp16_weights(qt: Any) -> Any:
+    """fp16 weights, float compute (dequantized once at load)."""
+    return qt.OpQuantizationConfig(
+        weight_tensor_config=qt.TensorQuantizationConfig(
+            num_bits=16, dtype=qt.TensorDataType.FLOAT
+        ),
+        compute_precision=qt.ComputePrecision.FLOAT,
+        explicit_dequantize=True,
+    )
+
+
+def _static(qt: Any, w8: Any, bits: int, symmetric: bool) -> Any:
+    """Static activations of ``bits`` with int8 weights."""
+    return qt.OpQuantizationConfig(
+        activation_tensor_config=qt.TensorQuantizationConfig(
+            num_bits=bits, symmetric=bits == 16 or symmetric
+        ),
+        weight_tensor_config=w8,
+        compute_precision=qt.ComputePrecision.INTEGER,
+        explicit_dequantize=False,
+    )
 
 
 def op_scopes(model: bytes) -> list[str]:
@@ -124,20 +146,6 @@ def op_scopes(model: bytes) -> list[str]:
         names = [graph.tensors[i].name for i in op.outputs if i >= 0]
         scopes.append(";".join(n.decode() if isinstance(n, bytes) else n for n in names))
     return scopes
-
-
-def _check_keep_float(patterns: Sequence[str], scopes: list[str]) -> None:
-    for pattern in patterns:
-        try:
-            rx = re.compile(pattern)
-        except re.error as exc:
-            raise UsageError(f"--keep-float '{pattern}' is not a valid regex: {exc}") from None
-        if not any(rx.search(s) for s in scopes):
-            sample = ", ".join(scopes[:6])
-            raise UsageError(
-                f"--keep-float '{pattern}' matches no op; TFLite ops are named by their output "
-                f"tensors (a regex is matched), e.g. {sample}"
-            )
 
 
 @contextlib.contextmanager
@@ -160,21 +168,24 @@ def _quiet(native: NativeStderr, keep_bar: bool = False) -> Iterator[None]:
 
 
 def quantize(
-    model: bytes, recipe: Recipe, calibration: Sequence[Feeds], signature: str = SIGNATURE
+    model: bytes,
+    recipe: Recipe,
+    calibration: Sequence[Feeds],
+    signature: str = SIGNATURE,
+    layer_plan: LayerPlan | None = None,
 ) -> bytes:
     """The quantized model. ``calibration`` feeds are keyed by the input names of the model's
-    ``signature``, the one it is calibrated through."""
+    ``signature``, the one it is calibrated through; ``layer_plan`` is the recipe's layer
+    rules resolved on this model (edgekit.layers)."""
     require("ai_edge_quantizer", "tflite")
     from ai_edge_quantizer import calibrator, quantizer, recipe_manager
 
-    if recipe.keep_float:
-        _check_keep_float(recipe.keep_float, op_scopes(model))
     native = NativeStderr(handled=(Exception,))
     ranges = None
     try:
         with _quiet(native):
             q = quantizer.Quantizer(bytearray(model))
-            for rule in _configs(recipe):
+            for rule in _configs(recipe, layer_plan):
                 q.update_quantization_recipe(**rule)
         if q.need_calibration:
             if not calibration:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from edgekit.evaluate import compare, looks_like_scores
+from edgekit.agreement import compare, looks_like_scores
 
 
 def test_compare_hand_computed():

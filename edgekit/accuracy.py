@@ -1,0 +1,288 @@
+"""Accuracy on the runtime that will ship: per-layer sensitivity and the accuracy gate.
+
+Both work on one backend's converted FP32 model and its own quantizer, through layer rules
+(:mod:`edgekit.layers`), so what they measure is what the artifact will compute:
+
+* **sensitivity** of a layer is measured with *only that layer* quantized and every other layer
+  in float: ``drop`` is the metric's loss against the FP32 source in points (exact, on every
+  held-out sample); ``snr_db`` is the outputs' signal-to-noise ratio against the FP32 outputs
+  (a proxy that needs no labels and only ``proxy_samples`` inputs). Layers rank by drop, then
+  by SNR (lowest first), so that ties among layers too small to move the metric are still
+  ordered by how much they perturb the outputs.
+* the **gate** (``--max-accuracy-drop``) quantizes everything, and while the drop exceeds the
+  budget moves the next most sensitive layer to float and quantizes again; it stops at the first
+  rule set within budget (greedy: each step is measured, never assumed), or reports the best it
+  reached when even every ranked layer in float is not enough.
+
+Ops a backend quantizes besides the listed layers (ORT's QDQ around an Add or a MaxPool, for
+instance) stay quantized in a sensitivity trial; they add the same small offset to every layer's
+figure and do not change the ranking.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import UsageError
+from edgekit.layers import Layer, Rule
+from edgekit.model import Feeds, SourceModel
+from edgekit.progress import progress, stage
+from edgekit.recipe import Recipe
+
+#: metrics that compare with the FP32 outputs, not with class labels
+_AGAINST_OUTPUTS = ("agreement", "cosine", "snr", "psnr", "mean-error")
+#: inputs the SNR proxy runs on (the exact drop uses every held-out sample)
+PROXY_SAMPLES = 16
+
+
+def snr_db(
+    candidate: Sequence[Sequence[np.ndarray]], reference: Sequence[Sequence[np.ndarray]]
+) -> float:
+    """10·log10(signal power / error power) over every output of every sample; inf when the
+    outputs are identical."""
+    signal = noise = 0.0
+    for cand, ref in zip(candidate, reference, strict=True):
+        for c, r in zip(cand, ref, strict=True):
+            r64 = np.asarray(r, np.float64)
+            c64 = np.asarray(c, np.float64).reshape(r64.shape)
+            signal += float(np.sum(r64 * r64))
+            noise += float(np.sum((c64 - r64) ** 2))
+    if noise == 0.0:
+        return math.inf
+    if signal == 0.0:
+        return -math.inf
+    return 10.0 * math.log10(signal / noise)
+
+
+@dataclass
+class Trial:
+    """One quantization at a set of layer rules, run on the held-out samples."""
+
+    rules: tuple[Rule, ...]
+    result: Any  # ExportOutput
+    outputs: list[list[np.ndarray]]
+    value: float
+    drop: float
+    folder: Path
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.result.files)
+
+
+@dataclass
+class Evaluator:
+    """Quantize-and-measure on one backend: everything a trial needs besides its rules."""
+
+    backend: Any
+    converted: Any
+    source: SourceModel
+    recipe: Recipe
+    calibration: Sequence[Feeds]
+    held: Sequence[Feeds]
+    reference: Sequence[Sequence[np.ndarray]]
+    labels: np.ndarray | None
+    metric: str | Callable[..., float]
+    workdir: Path
+    device: str | None = None
+    baseline: float = field(init=False)
+    _count: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        from edgekit.metrics import score
+
+        if (
+            self.metric in _AGAINST_OUTPUTS
+            and self.labels is not None
+            and np.issubdtype(np.asarray(self.labels).dtype, np.integer)
+        ):
+            # Class labels say nothing about an output's cosine or SNR: those measure the
+            # artifact against the FP32 outputs.
+            self.labels = None
+
+        self.baseline = score(self.metric, self.reference, self.reference, self.labels).value
+        if not math.isfinite(self.baseline):
+            # SNR of the FP32 outputs against themselves is infinite: no drop can be read.
+            raise UsageError(
+                f"--metric {self.metric} has no finite FP32 value to measure a drop from "
+                "(compared with its own outputs); use cosine, or labelled --eval-data"
+            )
+
+    def layers(self) -> list[Layer]:
+        return list(self.backend.layers(self.converted, self.source))
+
+    def trial(
+        self, rules: Sequence[Rule], samples: int | None = None, stem: str = "trial"
+    ) -> Trial:
+        from edgekit.metrics import score
+
+        self._count += 1
+        folder = self.workdir / f"trial-{self._count}"
+        folder.mkdir(parents=True)
+        recipe = self.recipe.updated(rules=list(rules), keep_float=[])
+        result = self.backend.quantize(
+            self.converted, self.source, recipe, self.calibration, folder, stem
+        )
+        session = self.backend.open_session(result.primary, device=self.device)
+        held = self.held[:samples] if samples else self.held
+        outputs = [session.run(f) for f in held]
+        reference = self.reference[: len(held)]
+        labels = None if self.labels is None else self.labels[: len(held)]
+        baseline = (
+            self.baseline
+            if len(held) == len(self.held)
+            else score(self.metric, reference, reference, labels).value
+        )
+        value = score(self.metric, outputs, reference, labels).value
+        return Trial(tuple(rules), result, outputs, value, baseline - value, folder)
+
+    def discard(self, trial: Trial) -> None:
+        shutil.rmtree(trial.folder, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class LayerSensitivity:
+    """A layer's effect when it alone is quantized."""
+
+    name: str
+    op: str
+    #: metric drop in points against the FP32 source (exact)
+    drop: float
+    #: SNR of the outputs against the FP32 outputs, dB (proxy); None when not finite
+    snr_db: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "op": self.op,
+            "drop": round(self.drop, 4),
+            "snr_db": None if self.snr_db is None else round(self.snr_db, 2),
+        }
+
+
+def _only(layer: Layer, precision: str) -> tuple[Rule, ...]:
+    return (
+        Rule(".*", "float", "sensitivity"),
+        Rule(re.escape(layer.name), precision, "sensitivity"),
+    )
+
+
+def sensitivity(ev: Evaluator, layers: Sequence[Layer] | None = None) -> list[LayerSensitivity]:
+    """Every layer's sensitivity on ``ev``'s backend, most sensitive first."""
+    layers = list(layers) if layers is not None else ev.layers()
+    layer_precision = "int16" if ev.recipe.precision == "int16x8" else "int8"
+    found = []
+    for layer in progress(layers, desc=f"sensitivity on {ev.backend.name}"):
+        trial = ev.trial(_only(layer, layer_precision))
+        snr = snr_db(trial.outputs[:PROXY_SAMPLES], ev.reference[:PROXY_SAMPLES])
+        found.append(
+            LayerSensitivity(layer.name, layer.op, trial.drop, snr if math.isfinite(snr) else None)
+        )
+        ev.discard(trial)
+    return rank(found)
+
+
+def rank(found: Sequence[LayerSensitivity]) -> list[LayerSensitivity]:
+    """Most sensitive first: larger drop, then lower SNR (an untouched output ranks last)."""
+
+    def key(s: LayerSensitivity) -> tuple[float, float]:
+        return (-round(s.drop, 6), s.snr_db if s.snr_db is not None else math.inf)
+
+    return sorted(found, key=key)
+
+
+@dataclass
+class GateResult:
+    """What the gate chose: the float layers, every step it measured, the final trial."""
+
+    budget: float
+    metric: str
+    baseline: float
+    float_layers: list[str]
+    steps: list[dict[str, Any]]
+    met: bool
+    final: Trial
+    full_int8_size: int
+    sensitivity: list[LayerSensitivity]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "budget_points": self.budget,
+            "metric": self.metric,
+            "fp32_value": round(self.baseline, 4),
+            "met": self.met,
+            "float_layers": self.float_layers,
+            "steps": self.steps,
+            "size_bytes": self.final.size_bytes,
+            "full_quantized_size_bytes": self.full_int8_size,
+            "sensitivity": [s.to_json() for s in self.sensitivity],
+        }
+
+
+def gate(ev: Evaluator, budget: float, max_float: int | None = None) -> GateResult:
+    """Quantize, then move the most sensitive layers to float one at a time until the metric
+    drop is within ``budget`` points (see the module docstring)."""
+    base_rules = ev.recipe.effective_rules()
+    metric_name = (
+        ev.metric if isinstance(ev.metric, str) else getattr(ev.metric, "__name__", "custom")
+    )
+    stage(f"accuracy gate: {ev.recipe.precision} within {budget} points of {metric_name}")
+    full = ev.trial(base_rules)
+    steps = [{"float_layers": 0, "value": round(full.value, 4), "drop": round(full.drop, 4)}]
+    ranked: list[LayerSensitivity] = []
+    best, chosen = full, []
+    if full.drop > budget:
+        ranked = sensitivity(ev)
+        limit = len(ranked) if max_float is None else min(max_float, len(ranked))
+        floats: list[str] = []
+        for s in ranked[:limit]:
+            floats.append(s.name)
+            rules = (*base_rules, *(Rule(re.escape(n), "float", "accuracy gate") for n in floats))
+            trial = ev.trial(rules)
+            steps.append(
+                {
+                    "float_layers": len(floats),
+                    "added": s.name,
+                    "value": round(trial.value, 4),
+                    "drop": round(trial.drop, 4),
+                }
+            )
+            if trial.drop < best.drop:
+                if best is not full:
+                    ev.discard(best)
+                best, chosen = trial, list(floats)
+            else:
+                ev.discard(trial)
+            if best.drop <= budget:
+                break
+    return GateResult(
+        budget=budget,
+        metric=metric_name,
+        baseline=ev.baseline,
+        float_layers=chosen,
+        steps=steps,
+        met=best.drop <= budget,
+        final=best,
+        full_int8_size=full.size_bytes,
+        sensitivity=ranked,
+    )
+
+
+def spearman(a: Sequence[str], b: Sequence[str]) -> float | None:
+    """Spearman rank correlation of two rankings over the names they share (None under 3)."""
+    shared = [n for n in a if n in set(b)]
+    if len(shared) < 3:
+        return None
+    ra = {n: i for i, n in enumerate(n for n in a if n in shared)}
+    rb = {n: i for i, n in enumerate(n for n in b if n in shared)}
+    n = len(shared)
+    d2 = sum((ra[x] - rb[x]) ** 2 for x in shared)
+    return 1.0 - 6.0 * d2 / (n * (n * n - 1))
