@@ -37,8 +37,6 @@ from edgekit.model import Feeds, SourceModel
 from edgekit.progress import progress, stage
 from edgekit.recipe import Recipe
 
-#: metrics that compare with the FP32 outputs, not with class labels
-_AGAINST_OUTPUTS = ("agreement", "cosine", "snr", "psnr", "mean-error")
 #: inputs the SNR proxy runs on (the exact drop uses every held-out sample)
 PROXY_SAMPLES = 16
 
@@ -93,20 +91,18 @@ class Evaluator:
     metric: str | Callable[..., float]
     workdir: Path
     device: str | None = None
+    #: file stem of the trials' artifacts (the export's, so the chosen one keeps its name)
+    stem: str = "trial"
     baseline: float = field(init=False)
     _count: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
-        from edgekit.metrics import score
+        from edgekit.metrics import OUTPUT_METRICS, score
 
-        if (
-            self.metric in _AGAINST_OUTPUTS
-            and self.labels is not None
-            and np.issubdtype(np.asarray(self.labels).dtype, np.integer)
-        ):
-            # Class labels say nothing about an output's cosine or SNR: those measure the
-            # artifact against the FP32 outputs.
-            self.labels = None
+        if self.labels is not None and self.metric in OUTPUT_METRICS:
+            labels = np.asarray(self.labels)
+            if labels.ndim == 1 and np.issubdtype(labels.dtype, np.integer):
+                self.labels = None  # as metrics.score does: say "against the outputs"
 
         self.baseline = score(self.metric, self.reference, self.reference, self.labels).value
         if not math.isfinite(self.baseline):
@@ -129,7 +125,7 @@ class Evaluator:
         folder.mkdir(parents=True)
         recipe = self.recipe.updated(rules=list(rules), keep_float=[])
         result = self.backend.quantize(
-            self.converted, self.source, recipe, self.calibration, folder, stem
+            self.converted, self.source, recipe, self.calibration, folder, self.stem
         )
         session = self.backend.open_session(result.primary, device=self.device)
         held = self.held[:samples] if samples else self.held
@@ -168,20 +164,20 @@ class LayerSensitivity:
         }
 
 
-def _only(layer: Layer, precision: str) -> tuple[Rule, ...]:
-    return (
-        Rule(".*", "float", "sensitivity"),
-        Rule(re.escape(layer.name), precision, "sensitivity"),
-    )
+def _only(layer: Layer, layers: Sequence[Layer]) -> tuple[Rule, ...]:
+    """Rules that leave ``layer`` at the recipe's own precision and every other layer float
+    (by exact names: a rule for the layer itself could ask for a precision the recipe does not
+    take, e.g. int8 inside int4-weights)."""
+    others = [re.escape(o.name) for o in layers if o.name != layer.name]
+    return (Rule("|".join(others), "float", "sensitivity"),) if others else ()
 
 
 def sensitivity(ev: Evaluator, layers: Sequence[Layer] | None = None) -> list[LayerSensitivity]:
     """Every layer's sensitivity on ``ev``'s backend, most sensitive first."""
     layers = list(layers) if layers is not None else ev.layers()
-    layer_precision = "int16" if ev.recipe.precision == "int16x8" else "int8"
     found = []
     for layer in progress(layers, desc=f"sensitivity on {ev.backend.name}"):
-        trial = ev.trial(_only(layer, layer_precision))
+        trial = ev.trial((*ev.recipe.effective_rules(), *_only(layer, layers)))
         snr = snr_db(trial.outputs[:PROXY_SAMPLES], ev.reference[:PROXY_SAMPLES])
         found.append(
             LayerSensitivity(layer.name, layer.op, trial.drop, snr if math.isfinite(snr) else None)
@@ -212,6 +208,8 @@ class GateResult:
     final: Trial
     full_int8_size: int
     sensitivity: list[LayerSensitivity]
+    #: how many layers the model has on this backend
+    layers: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -220,6 +218,7 @@ class GateResult:
             "fp32_value": round(self.baseline, 4),
             "met": self.met,
             "float_layers": self.float_layers,
+            "layers": self.layers,
             "steps": self.steps,
             "size_bytes": self.final.size_bytes,
             "full_quantized_size_bytes": self.full_int8_size,
@@ -239,8 +238,9 @@ def gate(ev: Evaluator, budget: float, max_float: int | None = None) -> GateResu
     steps = [{"float_layers": 0, "value": round(full.value, 4), "drop": round(full.drop, 4)}]
     ranked: list[LayerSensitivity] = []
     best, chosen = full, []
-    if full.drop > budget:
-        ranked = sensitivity(ev)
+    layers = ev.layers()
+    if full.drop > budget and max_float != 0:
+        ranked = sensitivity(ev, layers)
         limit = len(ranked) if max_float is None else min(max_float, len(ranked))
         floats: list[str] = []
         for s in ranked[:limit]:
@@ -273,6 +273,7 @@ def gate(ev: Evaluator, budget: float, max_float: int | None = None) -> GateResu
         final=best,
         full_int8_size=full.size_bytes,
         sensitivity=ranked,
+        layers=len(layers),
     )
 
 

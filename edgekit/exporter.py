@@ -40,7 +40,7 @@ from edgekit.model import Feeds, SourceModel, file_digest, load_model
 from edgekit.plan import ExportPlan, plan_export
 from edgekit.prepare import prepare
 from edgekit.progress import progress, stage
-from edgekit.recipe import Recipe
+from edgekit.recipe import APPLIES_TO, Recipe
 
 # Frameworks whose versions go into the sidecar when they took part in an export.
 _TOOL_PACKAGES = {
@@ -243,7 +243,26 @@ def export(
     if auto:
         if len(precisions) > 1:
             raise UsageError("--precision auto chooses one precision; give it alone")
-        precisions = auto_candidates(target, calibration is not None)
+        precisions = []
+        for candidate in auto_candidates(target, calibration is not None):
+            try:  # a candidate the recipe's rules cannot go with is left out, not fatal
+                plan_export(
+                    model,
+                    target,
+                    [candidate],
+                    output_dir,
+                    name,
+                    device,
+                    recipe,
+                    recipe_fields,
+                    True,
+                    dynamic=tuple(dynamic or ()),
+                )
+            except UsageError:
+                if candidate == "fp32":
+                    raise
+                continue
+            precisions.append(candidate)
     plan = plan_export(
         model,
         target,
@@ -429,7 +448,7 @@ def _quantize_and_check(
     # The agreement check runs here; a remote target device is benchmarked, not used here.
     local = None if is_remote(plan.check_on) else plan.check_on
     gated = None
-    if recipe.max_accuracy_drop is not None and recipe.precision != "fp32":
+    if recipe.max_accuracy_drop is not None and recipe.precision in APPLIES_TO["max_accuracy_drop"]:
         gated = _gate(plan, recipe, source, fp32, data, folder, stem, local)
         result, recipe, gate_json = gated
     else:
@@ -491,8 +510,9 @@ def _device_fallback(plan: ExportPlan, recipe: Recipe, result: ExportOutput) -> 
         names = ", ".join(f"{n} ({p})" for n, p in list(off.items())[:8])
         more = " ..." if len(off) > 8 else ""
         result.warnings.append(
-            f"device fallback: {where}; {len(off)} layer(s) planned otherwise run off it "
-            f"(an accelerator hands them back to the CPU): {names}{more}"
+            f"device fallback: {where}; {len(off)} layer(s) planned otherwise do not run as "
+            f"planned there (handed back to the CPU, or computed at a precision it has): "
+            f"{names}{more}"
         )
 
 
@@ -539,6 +559,7 @@ def _gate(
         metric,
         folder / "gate",
         device,
+        stem,
     )
     result = gate(ev, recipe.max_accuracy_drop or 0.0, recipe.max_float_layers)
     against = "labels" if ev.labels is not None else "the FP32 source's outputs"
@@ -548,9 +569,9 @@ def _gate(
             f"--max-accuracy-drop {result.budget}: the best {recipe.precision} reached a "
             f"{metric} drop of {best.drop:.3g} points (FP32 {result.baseline:.4g}, "
             f"{recipe.precision} {best.value:.4g}, against {against}, {len(data.held)} samples) "
-            f"with {len(result.float_layers)} of {len(ev.layers())} layers in float; nothing was "
-            "written: allow a larger drop, try another --precision (int16x8, fp16) or "
-            "--calibration-method, or train with quantization"
+            f"with {len(result.float_layers)} of {result.layers} layers in float; the "
+            f"{recipe.precision} artifact was not written: allow a larger drop, try another "
+            "--precision (int16x8, fp16) or --calibration-method, or train with quantization"
         )
     final = result.final
     summary = result.to_json()  # before the move: it reads the trial's file sizes
@@ -572,7 +593,7 @@ def _gate(
     summary["samples"] = len(data.held)
     if result.float_layers:
         moved.notes.append(
-            f"accuracy gate: {len(result.float_layers)} of {len(ev.layers())} layers kept in "
+            f"accuracy gate: {len(result.float_layers)} of {result.layers} layers kept in "
             f"float ({', '.join(result.float_layers)}) for a {metric} drop of "
             f"{final.drop:.3g} points (budget {result.budget}; all-{recipe.precision}: "
             f"{result.steps[0]['drop']:.3g}); size {final_size / 1e6:.2f} MB against "
@@ -587,6 +608,19 @@ def _gate(
     return moved, chosen, summary
 
 
+def _baseline(
+    plan: ExportPlan, recipe: Recipe, source: SourceModel, fp32: Converted, workdir: Path, at: str
+) -> Path:
+    """The artifact at precision ``at`` that a quantized one is timed against, made once per
+    export (no rules: the plain model at that precision)."""
+    folder = workdir / f"{at}-speed"
+    if not folder.exists():
+        folder.mkdir()
+        base = recipe.updated(precision=at, keep_float=(), rules=())
+        plan.backend.quantize(fp32, source, base, [], folder, at)
+    return next(p for p in sorted(folder.iterdir()) if p.suffix == plan.backend.suffix)
+
+
 def _speed_check(
     plan: ExportPlan,
     recipe: Recipe,
@@ -597,41 +631,45 @@ def _speed_check(
     checked: _Checked,
 ) -> None:
     """Never ship a quantized artifact slower than FP32 without a word: time both on this
-    machine, one thread each, interleaved (edgekit.speed_check), and say which is faster."""
+    machine, one thread each, interleaved (edgekit.speed_check), and say which is faster. The
+    backend's fp16 is timed too where it has one: it is what a float model runs at on a GPU or
+    NPU, and OpenVINO's CPU runs it in its default precision (bf16 on CPUs with AVX512-BF16 or
+    AMX), which can beat an int8 model."""
     from edgekit.cpu import detect_isa
     from edgekit.speed_check import compare_speed
 
     probe = feeds or load_samples("random", source.inputs, limit=1, seed=recipe.seed)
-    folder = workdir / "fp32-speed"
-    if not folder.exists():
-        folder.mkdir()
-        base = recipe.updated(precision="fp32", keep_float=(), rules=())
-        plan.backend.quantize(fp32, source, base, [], folder, "fp32")
-    primary = next(p for p in sorted(folder.iterdir()) if p.suffix == plan.backend.suffix)
     local = None if is_remote(plan.check_on) else plan.check_on
-    stage(f"timing {recipe.precision} against fp32 (1 thread, interleaved)")
-    a = plan.backend.open_session(primary, threads=1, device=local)
-    b = plan.backend.open_session(checked.result.primary, threads=1, device=local)
-    speed = compare_speed(a, b, probe[0])
-    checked.result.details["speed_check"] = {
-        "ratio": None if speed.ratio is None else round(speed.ratio, 3),
-        "fp32_ms": round(speed.fp32_s * 1e3, 3),
-        "quantized_ms": round(speed.quantized_s * 1e3, 3),
-        "pairs": speed.pairs,
-        "noise": round(speed.noise, 4),
-        "slower": speed.slower,
-        "skipped": speed.skipped,
-    }
     # Timed here, so it speaks for this machine's CPU, whatever the target's isa says.
     cpu = detect_isa() or "an unknown CPU"
-    checked.result.notes.append(f"{speed.describe()} ({cpu}, 1 thread)")
-    if speed.slower:
-        checked.result.warnings.append(
-            f"{recipe.precision} runs {speed.ratio:.2f}x the latency of fp32 on this CPU "
-            f"({cpu}, 1 thread): fp32 is the faster precision here; use --precision fp32 "
-            f"for speed, or keep {recipe.precision} for its size (measure on the device with "
-            "edgekit benchmark)"
-        )
+    bases = ["fp32"]
+    if recipe.precision != "fp16" and "fp16" in plan.backend.capabilities.precisions:
+        bases.append("fp16")
+    for at in bases:
+        primary = _baseline(plan, recipe, source, fp32, workdir, at)
+        stage(f"timing {recipe.precision} against {at} (1 thread, interleaved)")
+        a = plan.backend.open_session(primary, threads=1, device=local)
+        b = plan.backend.open_session(checked.result.primary, threads=1, device=local)
+        speed = compare_speed(a, b, probe[0])
+        key = "speed_check" if at == "fp32" else f"speed_check_{at}"
+        checked.result.details[key] = {
+            "ratio": None if speed.ratio is None else round(speed.ratio, 3),
+            f"{at}_ms": round(speed.fp32_s * 1e3, 3),
+            "quantized_ms": round(speed.quantized_s * 1e3, 3),
+            "pairs": speed.pairs,
+            "noise": round(speed.noise, 4),
+            "slower": speed.slower,
+            "skipped": speed.skipped,
+        }
+        described = speed.describe().replace("FP32", at.upper())
+        checked.result.notes.append(f"{described} ({cpu}, 1 thread)")
+        if speed.slower:
+            checked.result.warnings.append(
+                f"{recipe.precision} runs {speed.ratio:.2f}x the latency of {at} on this CPU "
+                f"({cpu}, 1 thread): {at} is the faster precision here; use --precision {at} "
+                f"for speed, or keep {recipe.precision} for its size (measure on the device "
+                "with edgekit benchmark)"
+            )
 
 
 #: what --precision auto tries, in order, where the backend offers them
@@ -684,8 +722,10 @@ def _auto(
         row: dict[str, Any] = {"precision": recipe.precision}
         try:
             checked = _quantize_and_check(plan, recipe, source, fp32, data, workdir)
-        except AccuracyGateError as exc:
-            rows.append({**row, "meets_budget": False, "why": str(exc)})
+        except EdgekitError as exc:
+            # One candidate that cannot be made (over budget, a quantizer failure) is a row
+            # of the table, not the end of the choice.
+            rows.append({**row, "meets_budget": False, "why": first_line(exc)})
             continue
         value = (
             score(metric, checked.outputs, data.reference, data.labels).value if data.held else 0
@@ -699,15 +739,28 @@ def _auto(
             drop=round(baseline - value, 4),
             latency_vs_fp32=ratio,
             size_bytes=size,
-            meets_budget=baseline - value <= budget,
+            # fp32 is the reference the drop is measured from: within any budget.
+            meets_budget=recipe.precision == "fp32" or baseline - value <= budget,
         )
+        if (
+            recipe.precision == "fp32"
+            and plan.target.executes
+            and "float" not in (plan.target.executes)
+        ):
+            row.update(meets_budget=False, why=f"{plan.target.name} does not execute float")
         if checked.gate and checked.gate.get("float_layers"):
             row["float_layers"] = checked.gate["float_layers"]
         rows.append(row)
         checked_by[recipe.precision] = (checked, ignored)
     fits = [r for r in rows if r.get("meets_budget")]
-    # fp32 always fits (drop 0); an unmeasured ratio (a model too quick to time) ranks after
-    # every measured one, then the smaller artifact wins.
+    if not fits:
+        raise AccuracyGateError(
+            f"--precision auto: no precision {plan.target.name} executes is within {budget} "
+            f"points of {metric}: "
+            + "; ".join(f"{r['precision']}: {r.get('why') or r.get('drop')}" for r in rows)
+        )
+    # fp32 fits unless the device cannot run float; an unmeasured ratio (a model too quick
+    # to time) ranks after every measured one, then the smaller artifact wins.
     best = min(
         fits,
         key=lambda r: (
@@ -719,6 +772,8 @@ def _auto(
     for r in rows:
         r["chosen"] = r is best
     checked, ignored = checked_by[best["precision"]]
+    # The budget chose among the candidates, fp32 among them: it did something at fp32 too.
+    ignored = [w for w in ignored if not w.startswith(("--max-accuracy-drop", "--max-float"))]
     report = _commit(plan, checked.recipe, source, fp32, how, checked, data.described, ignored)
     report.choices = rows
     report.notes.append(

@@ -197,7 +197,17 @@ def plan_layers(
                 f"{rule.origin} '{rule.pattern}' -> {rule.precision}: {backend} at precision "
                 f"{precision} can put layers at {', '.join(allowed) or 'nothing but its own'}"
             )
-    return LayerPlan(tuple(layers), assign(layers, rules, backend))
+    chosen = assign(layers, rules, backend)
+    unnamed = [layer.name for layer in layers if layer.name in chosen and not layer.native]
+    if unnamed:
+        # The backend's quantizer addresses ops by name only: a rule on a nameless op would
+        # be silently dropped there.
+        raise UsageError(
+            f"layer(s) {', '.join(unnamed[:6])} have no name {backend}'s quantizer can address "
+            "(unnamed nodes in the model file): give the model's nodes names, or leave those "
+            "layers out of the rules"
+        )
+    return LayerPlan(tuple(layers), chosen)
 
 
 def resolve(backend: Any, converted: Any, recipe: Any, source: Any = None) -> LayerPlan | None:

@@ -131,7 +131,20 @@ def score(
                 f"sample {i}: the candidate has {len(cand)} outputs but the reference has "
                 f"{len(ref)}; compare models with the same outputs"
             )
+    if (
+        labels is not None
+        and metric in OUTPUT_METRICS
+        and labels.ndim == 1
+        and np.issubdtype(labels.dtype, np.integer)
+    ):
+        # Class ids say nothing about an output's cosine or SNR: these metrics then measure
+        # the candidate against the reference outputs (one rule for evaluate, the gate, auto).
+        labels = None
     return _SCORERS[metric](candidate, reference, labels, int(k))
+
+
+#: metrics of an output's values (against targets, or the reference outputs), not of classes
+OUTPUT_METRICS: tuple[str, ...] = ("cosine", "snr", "psnr", "mean-error")
 
 
 def default_metric(reference_outputs: Outputs, labels: np.ndarray | None) -> str:

@@ -29,7 +29,7 @@ Where the source name comes from (``name``):
   its weight initializer, which keeps the parameter's name (``stem.0.weight``), names it.
 * Keras (tf2onnx): node names are TensorFlow op names in the layers' scopes
   (``functional_1/conv2d_1/BiasAdd``), mapped back by
-  :func:`edgekit.backends.tflite.layers.keras_name` (``conv2d``).
+  :func:`edgekit.layer_names.keras_name` (``conv2d``).
 * ONNX: the node's own name in the graph edgekit's prepare stage hands over. That keeps the
   file's names (BatchNorm folds into the Conv node; onnxslim drops torch's metadata) except where
   onnxslim fuses: a MatMul + Add becomes a Gemm named after the MatMul's *output tensor*
@@ -49,7 +49,8 @@ from collections.abc import Collection
 from typing import Any
 
 from edgekit.backends.base import Converted
-from edgekit.backends.tflite.layers import (
+from edgekit.errors import require
+from edgekit.layer_names import (
     Traced,
     finish,
     keras_layers,
@@ -57,7 +58,6 @@ from edgekit.backends.tflite.layers import (
     recorded_names,
     torch_parameters,
 )
-from edgekit.errors import require
 from edgekit.layers import Layer
 from edgekit.model import SourceModel
 

@@ -27,7 +27,7 @@ Where the source name comes from (``name``), by the conversion route ``converted
   ``patch_embed``) and a MatMul of two activations is named by the module its inputs' layers
   share (``attn``).
 * Keras (TF frontend): MatMuls keep TensorFlow's scoped names (``functional_1/dense_1/MatMul``,
-  :func:`edgekit.backends.tflite.layers.keras_name` -> ``dense``); Convolutions do not (the
+  :func:`edgekit.layer_names.keras_name` -> ``dense``); Convolutions do not (the
   frontend's NHWC transposes are sunk and the names go with them: ``Convolution_29``). Given the
   source, such an op is matched to the layer whose kernel holds the same values (a
   layout-independent fingerprint: sorted values); a kernel that OpenVINO rewrote (a BatchNorm
@@ -50,7 +50,8 @@ import numpy as np
 from edgekit.backends.base import Converted
 from edgekit.backends.openvino.convert import ROUTES
 from edgekit.backends.openvino.session import shared_core
-from edgekit.backends.tflite.layers import (
+from edgekit.errors import require
+from edgekit.layer_names import (
     Traced,
     common_module,
     finish,
@@ -59,7 +60,6 @@ from edgekit.backends.tflite.layers import (
     parent,
     recorded_names,
 )
-from edgekit.errors import require
 from edgekit.layers import Layer
 from edgekit.model import SourceModel
 

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import re
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
+from edgekit.backends.tflite.layers import scope_regex
 from edgekit.backends.tflite.runner import NativeStderr
 from edgekit.errors import ConversionError, UsageError, first_line, require
 from edgekit.layers import LayerPlan
@@ -44,14 +44,6 @@ def _full_minmax(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     merged["min"] = np.minimum(old["min"], new["min"])
     merged["max"] = np.maximum(old["max"], new["max"])
     return merged
-
-
-def exact_scope(names: Sequence[str]) -> str:
-    """A regex that selects exactly the ops with these scopes. ai-edge-quantizer matches a
-    rule's regex with ``re.search`` against the op's scope: its output tensor names joined by
-    ';' plus a trailing ';' (tfl_flatbuffer_utils.get_op_scope); anchoring both ends keeps
-    ``conv1`` from also selecting ``conv10``."""
-    return "^(?:" + "|".join(re.escape(n.rstrip(";")) for n in names) + ");?$"
 
 
 def _configs(recipe: Recipe, layer_plan: LayerPlan | None = None) -> list[dict[str, Any]]:
@@ -101,7 +93,12 @@ def _configs(recipe: Recipe, layer_plan: LayerPlan | None = None) -> list[dict[s
         return rules
     per_layer: dict[str, dict[str, Any]] = {
         "float": dict(op_config=float_op, algorithm_key=algo.NO_QUANTIZE),
-        "int8": dict(op_config=_static(qt, w8, 8, recipe.activation_symmetric)),
+        # int8 inside int8-dynamic is the dynamic config (int8 weights, float activations)
+        "int8": dict(
+            op_config=cfg
+            if p == "int8-dynamic"
+            else _static(qt, w8, 8, recipe.activation_symmetric)
+        ),
         # a16w8: 16-bit symmetric activations, int8 weights (TFLite's int16x8 kernels)
         "int16": dict(op_config=_static(qt, w8, 16, True)),
         "fp16": dict(op_config=_fp16_weights(qt), algorithm_key=algo.FLOAT_CASTING),
@@ -109,7 +106,7 @@ def _configs(recipe: Recipe, layer_plan: LayerPlan | None = None) -> list[dict[s
     for precision, config in per_layer.items():
         names = layer_plan.native(precision)
         if names:
-            rules.append(dict(regex=exact_scope(names), operation_name=op.ALL_SUPPORTED, **config))
+            rules.append(dict(regex=scope_regex(names), operation_name=op.ALL_SUPPORTED, **config))
     return rules
 
 
