@@ -14,6 +14,10 @@ Both work on one backend's converted FP32 model and its own quantizer, through l
   rule set within budget (greedy: each step is measured, never assumed), or reports the best it
   reached when even every ranked layer in float is not enough.
 
+The same held-out samples rank the layers and accept the result, so the drop the gate reports
+is measured on data it chose with: hold out a separate evaluation set (``--eval-data``) from the
+one the budget is finally checked on (``edgekit evaluate``) when that matters.
+
 Ops a backend quantizes besides the listed layers (ORT's QDQ around an Add or a MaxPool, for
 instance) stay quantized in a sensitivity trial; they add the same small offset to every layer's
 figure and do not change the ranking.
@@ -154,11 +158,14 @@ class LayerSensitivity:
     drop: float
     #: SNR of the outputs against the FP32 outputs, dB (proxy); None when not finite
     snr_db: float | None
+    #: Layer.kind: "layer", or "op" for an elementwise op a backend quantizes on its own
+    kind: str = "layer"
 
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "op": self.op,
+            "kind": self.kind,
             "drop": round(self.drop, 4),
             "snr_db": None if self.snr_db is None else round(self.snr_db, 2),
         }
@@ -180,7 +187,13 @@ def sensitivity(ev: Evaluator, layers: Sequence[Layer] | None = None) -> list[La
         trial = ev.trial((*ev.recipe.effective_rules(), *_only(layer, layers)))
         snr = snr_db(trial.outputs[:PROXY_SAMPLES], ev.reference[:PROXY_SAMPLES])
         found.append(
-            LayerSensitivity(layer.name, layer.op, trial.drop, snr if math.isfinite(snr) else None)
+            LayerSensitivity(
+                layer.name,
+                layer.op,
+                trial.drop,
+                snr if math.isfinite(snr) else None,
+                layer.kind,
+            )
         )
         ev.discard(trial)
     return rank(found)

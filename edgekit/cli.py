@@ -205,7 +205,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     lay.add_argument("--data", help="image folder or .npy/.npz to calibrate and measure on")
     lay.add_argument("--eval-data", help="held-out data (default: a fifth of --data)")
-    lay.add_argument("--precision", "-p", default="int8", help="int8 (default) or int16x8")
+    lay.add_argument(
+        "--precision", "-p", default="int8", help="int8 (default), int16x8 or int8-dynamic"
+    )
     lay.add_argument("--metric", default="auto", help="metric (default auto)")
     lay.add_argument("--calibration-samples", type=_positive_int, metavar="N")
     lay.add_argument("--eval-samples", type=_positive_int, metavar="N")

@@ -151,6 +151,7 @@ class Traced:
     op: str
     native: tuple[str, ...]
     fallback: str
+    kind: str = "layer"
 
     @property
     def key(self) -> str:
@@ -167,7 +168,7 @@ def finish(
     found = []
     for t in traced:
         name = recorded.get(t.key) if isinstance(recorded, Mapping) else t.name
-        found.append(Layer(name or t.fallback, t.op, t.native))
+        found.append(Layer(name or t.fallback, t.op, t.native, t.kind))
     return unique(found)
 
 

@@ -39,9 +39,14 @@ class Layer:
     name: str
     op: str
     native: tuple[str, ...]
+    #: ``layer``: a weighted or matrix op, listed alike on every backend; ``op``: an
+    #: elementwise or pooling op the backend's quantizer also quantizes on its own (ORT's QDQ
+    #: Add, Mul, Softmax): rules and the accuracy gate reach it, cross-backend comparisons of
+    #: layers leave it out
+    kind: str = "layer"
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "op": self.op, "native": list(self.native)}
+        return {"name": self.name, "op": self.op, "native": list(self.native), "kind": self.kind}
 
 
 @dataclass(frozen=True)
@@ -158,7 +163,7 @@ def unique(layers: Sequence[Layer]) -> list[Layer]:
         count = seen.get(layer.name, 0) + 1
         seen[layer.name] = count
         name = layer.name if count == 1 else f"{layer.name}#{count}"
-        out.append(Layer(name, layer.op, layer.native))
+        out.append(Layer(name, layer.op, layer.native, layer.kind))
     return out
 
 

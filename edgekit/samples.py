@@ -219,15 +219,15 @@ def _torch_modules() -> dict[str, Any]:
             tokens = (SIZE // patch) ** 2
             self.embed = nn.Conv2d(1, dim, patch, stride=patch)
             self.pos = nn.Parameter(torch.randn(1, tokens, dim) * 0.02)
-            self.blocks = nn.ModuleList(Block(dim, heads, tokens, mlp, lsa) for _ in range(depth))
+            # Sequential, not ModuleList: a called container keeps its name in converters' scopes.
+            blocks = (Block(dim, heads, tokens, mlp, lsa) for _ in range(depth))
+            self.blocks = nn.Sequential(*blocks)
             self.norm = nn.LayerNorm(dim)
             self.head = nn.Linear(dim, 10)
 
         def forward(self, x: Any) -> Any:
             x = self.embed(x).flatten(2).transpose(1, 2) + self.pos
-            for block in self.blocks:
-                x = block(x)
-            return self.head(self.norm(x).mean(dim=1))
+            return self.head(self.norm(self.blocks(x)).mean(dim=1))
 
     class PixelScaler(nn.Module):
         """scikit-learn's StandardScaler, one mean and std per pixel, as the first layer."""
@@ -264,6 +264,10 @@ def _torch_modules() -> dict[str, Any]:
         def forward(self, x: Any) -> Any:
             return self.classifier(self.features(self.scaler(x)))
 
+    for cls in (Attention, Block, Transformer, PixelScaler, ScaledCNN):
+        # Converters name ops by the classes' qualified names (LiteRT: "samples.Block_0/..."):
+        # keep "<locals>" out of them.
+        cls.__qualname__ = cls.__name__
     cached = {"Transformer": Transformer, "ScaledCNN": ScaledCNN}
     globals()["_TORCH_MODULES"] = cached
     return cached

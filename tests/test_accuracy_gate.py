@@ -7,6 +7,7 @@ itself and the FP32 torch model (the independent reference)."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -187,3 +188,39 @@ def test_float_layer_on_an_int8_only_device_is_reported_as_a_fallback(torch_cnn,
     assert any(w.startswith("device fallback: edgetpu executes int8") for w in report.warnings)
     plain = _export(torch_cnn, digits, tmp_path / "plain", "edgetpu")
     assert "device_fallback" not in json.loads(plain.sidecar.read_text())["backend_details"]
+
+
+def test_gate_reaches_the_elementwise_op_that_loses_accuracy_on_onnxruntime(digits, tmp_path):
+    """The sample CNN with a baked-in per-pixel scaler: ORT quantizes the scaler's Mul constant
+    with one scale and plain int8 collapses; the loss is in no layer, so the gate must reach
+    the elementwise op ("scaler:Mul") to meet the budget. Accuracies are recomputed here from
+    the artifacts against the labels."""
+    from edgekit import samples
+
+    model = samples.train_torch_sensitive_cnn(cache_dir=tmp_path / "cache")
+    x_train, _, x_test, y_test = digits
+    xt = samples.to_input(x_test[:120])
+
+    def accuracy(artifact) -> float:
+        session = load(artifact)
+        name = session.inputs[0].name
+        pred = [int(np.argmax(session.run({name: xt[i : i + 1]})[0])) for i in range(len(xt))]
+        return float(np.mean(np.asarray(pred) == y_test[:120]) * 100)
+
+    with torch.no_grad():
+        fp32 = float(np.mean(model(torch.from_numpy(xt)).argmax(1).numpy() == y_test[:120]) * 100)
+    name = next(iter(inspect.signature(model.forward).parameters))
+    common = dict(
+        example_inputs=EXAMPLE,
+        calibration=feeds(x_train[:64], name),
+        eval_data=[({name: xt[i : i + 1]}, int(y_test[i])) for i in range(len(xt))],
+        eval_samples=len(xt),
+    )
+    plain = edgekit.export(model, "onnxruntime", "int8", output_dir=tmp_path / "p", **common)
+    assert fp32 - accuracy(plain.artifact) >= 10  # the model really loses at plain int8
+    gated = edgekit.export(
+        model, "onnxruntime", "int8", output_dir=tmp_path / "g", max_accuracy_drop=1, **common
+    )
+    assert fp32 - accuracy(gated.artifact) <= 1
+    assert "scaler:Mul" in gated.gate["float_layers"]
+    assert len(gated.gate["float_layers"]) < gated.gate["layers"]

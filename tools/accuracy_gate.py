@@ -19,6 +19,7 @@ For each model (trained on scikit-learn's digits, edgekit.samples) and backend:
 from __future__ import annotations
 
 import argparse
+import inspect
 import itertools
 import json
 import os
@@ -58,8 +59,10 @@ def _data(tmp: Path, model: Any) -> tuple[Path, Path, Any]:
         # a model on another input form (e.g. 64 pixels) says so with example_input
         x = x.reshape(len(x), *example.shape[1:])
         xt = xt.reshape(len(xt), *example.shape[1:])
-    np.savez(tmp / "calib.npz", input=x)
-    np.savez(tmp / "eval.npz", input=xt, labels=y_test)
+    # the arrays are named after the exported program's input: forward's first argument
+    key = next(iter(inspect.signature(model.forward).parameters))
+    np.savez(tmp / "calib.npz", **{key: x})
+    np.savez(tmp / "eval.npz", **{key: xt}, labels=y_test)
     ex = (torch.zeros(1, *x.shape[1:]),)
     return tmp / "calib.npz", tmp / "eval.npz", ex
 
@@ -75,7 +78,7 @@ def _accuracy(artifact: Path, eval_npz: Path) -> float:
     data = np.load(eval_npz)
     session = edgekit.load(artifact)
     name = session.inputs[0].name
-    x, y = data["input"], data["labels"]
+    x, y = next(data[k] for k in data.files if k != "labels"), data["labels"]
     pred = [int(np.argmax(session.run({name: x[i : i + 1]})[0])) for i in range(len(x))]
     return float(np.mean(np.asarray(pred) == y) * 100.0)
 
@@ -158,7 +161,7 @@ def main() -> int:
             sens = sensitivity(str(pt2), backend, str(calib), eval_data=str(ev))
             ranks[backend] = [s.to_json() for s in sens.layers]
         corr = {
-            f"{a}~{b}": spearman([s["name"] for s in ranks[a]], [s["name"] for s in ranks[b]])
+            f"{a}~{b}": spearman(_layer_names(ranks[a]), _layer_names(ranks[b]))
             for a, b in itertools.combinations(backends, 2)
         }
         auto = edgekit.export(
@@ -186,6 +189,11 @@ def main() -> int:
         return 0
     _print(report)
     return 0
+
+
+def _layer_names(ranked: list[dict]) -> list[str]:
+    """Ranked layer names, without ONNX Runtime's elementwise ops (no other backend has them)."""
+    return [s["name"] for s in ranked if s.get("kind", "layer") == "layer"]
 
 
 def _brief(row: dict) -> dict:

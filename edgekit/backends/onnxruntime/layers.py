@@ -63,6 +63,13 @@ from edgekit.model import SourceModel
 
 #: ONNX op types the int8 quantizers quantize as layers
 OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "LSTM"})
+#: ops ORT's static quantizer also quantizes by themselves (QDQ in and out: QLinearAdd,
+#: QLinearSoftmax, ...): where int8 loses accuracy in them (a softmax over masked scores, a
+#: squeeze-excite Mul, a baked-in input scaler) keeping layers float cannot help, so they are
+#: listed as kind "op" for rules and the accuracy gate to reach
+ELEMENTWISE = frozenset(
+    {"Add", "Mul", "Softmax", "Sigmoid", "GlobalAveragePool", "Concat", "LayerNormalization"}
+)
 #: the suffix ORT's MatMulAddFusion (run by quant_pre_process) gives the Gemm it makes
 MATMUL_ADD_FUSION = "/MatMulAddFusion"
 #: the suffix quantize_dynamic's replace_gemm_with_matmul gives the MatMul it makes of a Gemm
@@ -126,10 +133,13 @@ def _traced(converted: Converted, source: SourceModel | None) -> list[Traced]:
     known = set(keras_layers(source)) if source is not None and fmt == "keras" else None
     readers = Counter(i for n in graph.node for i in n.input)
     added = {i for n in graph.node if n.op_type == "Add" for i in n.input}
+    producer = {o: n.op_type for n in graph.node for o in n.output}
     found = []
     for node in graph.node:
-        if node.domain not in ("", "ai.onnx") or node.op_type not in OPS:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in OPS | ELEMENTWISE:
             continue
+        if node.op_type == "Add" and any(producer.get(i) == "MatMul" for i in node.input):
+            continue  # a Linear's bias: quant_pre_process fuses it into the MatMul's Gemm
         native: tuple[str, ...] = (node.name,) if node.name else ()
         out = node.output[0] if node.output else ""
         if node.op_type == "MatMul" and node.name and out in added and readers[out] == 1:
@@ -141,7 +151,12 @@ def _traced(converted: Converted, source: SourceModel | None) -> list[Traced]:
             name = _torch_name(node, inits, params)
         elif fmt == "keras" and node.name:
             name = keras_name(node.name, known)
-        found.append(Traced(name, node.op_type, native, node.name or out))
+        kind = "op" if node.op_type in ELEMENTWISE else "layer"
+        if kind == "op" and name:
+            # A module's elementwise ops are named after it and their type ("scaler:Mul",
+            # "blocks.0.attn:Softmax"), so they never renumber the module's layers.
+            name = f"{name}:{node.op_type}"
+        found.append(Traced(name, node.op_type, native, node.name or out, kind))
     return found
 
 
