@@ -133,17 +133,7 @@ def _parser() -> argparse.ArgumentParser:
         help="keep this ONNX input's dynamic dimensions in the artifact (ONNX Runtime, "
         "OpenVINO; repeatable)",
     )
-    img = exp.add_argument_group("image preprocessing (image-folder data)")
-    img.add_argument("--layout", choices=("NCHW", "NHWC"))
-    img.add_argument("--color", choices=("rgb", "bgr", "gray"))
-    # Strings, checked by ImageOptions like preprocess.toml values, so fractions work the same
-    # in both places (--scale 1/127.5).
-    img.add_argument("--scale", help="pixel multiplier, a number or fraction (default 1/255)")
-    img.add_argument("--mean", type=_floats, help="per-channel mean, e.g. 0.485,0.456,0.406")
-    img.add_argument("--std", type=_floats, help="per-channel std, e.g. 0.229,0.224,0.225")
-    img.add_argument(
-        "--resize", choices=("nearest", "bilinear", "bicubic"), help="default bilinear"
-    )
+    _image_flags(exp)
     q = exp.add_argument_group("quantization scheme")
     q.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor")
     sym = q.add_mutually_exclusive_group()
@@ -293,13 +283,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=_positive_int, metavar="N", help="samples (default: all)")
     ev.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     ev.add_argument("--threads", type=_positive_int, help="runtime threads (default: its own)")
-    ev_img = ev.add_argument_group("image preprocessing (image-folder data)")
-    ev_img.add_argument("--layout", choices=("NCHW", "NHWC"))
-    ev_img.add_argument("--color", choices=("rgb", "bgr", "gray"))
-    ev_img.add_argument("--scale", help="pixel multiplier, a number or fraction (default 1/255)")
-    ev_img.add_argument("--mean", type=_floats, help="per-channel mean, e.g. 0.485,0.456,0.406")
-    ev_img.add_argument("--std", type=_floats, help="per-channel std, e.g. 0.229,0.224,0.225")
-    ev_img.add_argument("--resize", choices=("nearest", "bilinear", "bicubic"))
+    _image_flags(ev)
     ev.add_argument("--json", action="store_true", help="print the report as JSON")
     ev.add_argument("--quiet", "-q", action="store_true", help="no stage lines on stderr")
     return parser
@@ -313,6 +297,34 @@ def _seconds(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected more than 0 seconds, got {text}")
     return value
+
+
+def _image_flags(parser: argparse.ArgumentParser) -> None:
+    """The image-folder preprocessing options, the same on every command that reads data."""
+    img = parser.add_argument_group("image preprocessing (image-folder data)")
+    img.add_argument("--layout", choices=("NCHW", "NHWC"))
+    img.add_argument("--color", choices=("rgb", "bgr", "gray"))
+    # Strings, checked by ImageOptions like preprocess.toml values, so fractions work the same
+    # in both places (--scale 1/127.5).
+    img.add_argument("--scale", help="pixel multiplier, a number or fraction (default 1/255)")
+    img.add_argument("--mean", type=_floats, help="per-channel mean, e.g. 0.485,0.456,0.406")
+    img.add_argument("--std", type=_floats, help="per-channel std, e.g. 0.229,0.224,0.225")
+    img.add_argument(
+        "--resize", choices=("nearest", "bilinear", "bicubic"), help="default bilinear"
+    )
+
+
+def _image_options(args: argparse.Namespace) -> Any:
+    from edgekit.calibration import ImageOptions
+
+    return ImageOptions(
+        layout=args.layout,
+        color=args.color,
+        scale=args.scale,
+        mean=args.mean,
+        std=args.std,
+        resize=args.resize,
+    )
 
 
 def _recipe_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -349,18 +361,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from edgekit import progress
 
     progress.QUIET = args.quiet
-    from edgekit.calibration import ImageOptions
     from edgekit.exporter import export
     from edgekit.model import parse_input_shapes
 
-    image_options = ImageOptions(
-        layout=args.layout,
-        color=args.color,
-        scale=args.scale,
-        mean=args.mean,
-        std=args.std,
-        resize=args.resize,
-    )
+    image_options = _image_options(args)
     reports = export(
         args.model,
         target=args.target,
@@ -576,18 +580,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from edgekit import progress
 
     progress.QUIET = args.quiet
-    from edgekit.calibration import ImageOptions
     from edgekit.evaluation import evaluate
     from edgekit.model import parse_input_shapes
 
-    image_options = ImageOptions(
-        layout=args.layout,
-        color=args.color,
-        scale=args.scale,
-        mean=args.mean,
-        std=args.std,
-        resize=args.resize,
-    )
+    image_options = _image_options(args)
     report = evaluate(
         args.artifacts,
         args.data,
