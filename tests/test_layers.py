@@ -209,6 +209,9 @@ def test_torch_names_agree_across_backends(model, shape, expected, tmp_path):
 
 def test_keras_layers_are_named_by_keras_layer_names(tmp_path):
     keras = pytest.importorskip("keras")
+    # Keras numbers layer names per process (conv2d_5 after other tests made conv2d..): a
+    # fresh session gives the names the listing is checked against below.
+    keras.backend.clear_session()
     model = samples.train_keras_cnn(width=8, epochs=1)
     expected = [
         layer.name

@@ -311,6 +311,20 @@ def _artifact_runner(report) -> tuple[Callable[[dict[str, np.ndarray]], list[np.
     return session.run, session.info
 
 
+def _grid_runner(report, run, info):
+    """What the grid rules check: the artifact's own numerics. OpenVINO's CPU computes the
+    float parts of an fp16 or int8 IR in bf16 where the CPU has AVX512-BF16/AMX, which makes
+    the bound of a deep model (L x bf16 roundoff) too loose to say anything; there the IR is
+    run again with f32 inference for the rules (the report's figures are still checked against
+    the default run, in _report_agrees)."""
+    if (info or {}).get("inference_precision") != "bf16":
+        return run, info
+    from edgekit.backends import get_backend
+
+    f32 = get_backend("openvino").open_session(Path(report.artifact), inference_precision="f32")
+    return f32.run, f32.info
+
+
 def _report_agrees(report, r: Real, got: list[list[np.ndarray]]) -> None:
     """The report's figures are what the artifact gives on the same evaluation samples."""
     a = report.agreement
@@ -363,7 +377,8 @@ def test_real_model_matches_fp32_original(name, backend, precision, real, export
     run, info = _artifact_runner(report)
     got = [run(f) for f in r.feeds]
     assert len(got[0]) == len(r.want[0]), "the artifact has other outputs than the original"
-    _check(precision, r, got, info)
+    grid_run, grid_info = _grid_runner(report, run, info)
+    _check(precision, r, [grid_run(f) for f in r.feeds] if grid_run is not run else got, grid_info)
     _report_agrees(report, r, got)
 
 
