@@ -52,8 +52,9 @@ def split(seed: int = 0, test_fraction: float = 0.2) -> tuple[np.ndarray, ...]:
     return images[train], labels[train], images[test], labels[test]
 
 
-def torch_cnn(width: int = 16) -> Any:
-    """A VGG-style CNN for 1x32x32 inputs; width 16 gives ~1.1M parameters."""
+def torch_cnn(width: int = 16, hidden: int = 256) -> Any:
+    """A VGG-style CNN for 1x32x32 inputs; width 16 gives ~1.1M parameters. Its first eight
+    modules are the convolutional features, the last four the classifier."""
     nn = require("torch.nn", "torch")
     w = width
     return nn.Sequential(
@@ -66,9 +67,9 @@ def torch_cnn(width: int = 16) -> Any:
         nn.ReLU(),
         nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(4 * w * 8 * 8, 256),
+        nn.Linear(4 * w * 8 * 8, hidden),
         nn.ReLU(),
-        nn.Linear(256, 10),
+        nn.Linear(hidden, 10),
     )
 
 
@@ -245,21 +246,11 @@ def _torch_modules() -> dict[str, Any]:
 
         def __init__(self, mean: np.ndarray, std: np.ndarray, width: int, hidden: int) -> None:
             super().__init__()
-            w = width
             self.scaler = PixelScaler(mean, std)
-            self.features = nn.Sequential(
-                nn.Conv2d(1, w, 3, padding=1),
-                nn.ReLU(),
-                nn.Conv2d(w, 2 * w, 3, padding=1),
-                nn.ReLU(),
-                nn.MaxPool2d(2),
-                nn.Conv2d(2 * w, 4 * w, 3, padding=1),
-                nn.ReLU(),
-                nn.MaxPool2d(2),
-            )
-            self.classifier = nn.Sequential(
-                nn.Flatten(), nn.Linear(4 * w * 8 * 8, hidden), nn.ReLU(), nn.Linear(hidden, 10)
-            )
+            # torch_cnn's modules, re-indexed from 0 in each part (features.0, classifier.1)
+            layers = list(torch_cnn(width, hidden))
+            self.features = nn.Sequential(*layers[:8])
+            self.classifier = nn.Sequential(*layers[8:])
 
         def forward(self, x: Any) -> Any:
             return self.classifier(self.features(self.scaler(x)))
