@@ -30,6 +30,7 @@ from pathlib import Path
 
 from edgekit import __version__
 from edgekit.backends.base import Backend, Converted
+from edgekit.layer_names import NAMING_VERSION
 from edgekit.model import SourceModel
 
 #: conversions this process really ran, per backend name (what the cache saved is the rest)
@@ -65,6 +66,7 @@ def cache_key(backend: Backend, source: SourceModel) -> str | None:
         return None
     payload = {
         "edgekit": __version__,
+        "naming": NAMING_VERSION,
         "backend": backend.name,
         "tools": backend.versions(),
         "frameworks": _versions(_FRAMEWORKS.get(source.format, ())),

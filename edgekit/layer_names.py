@@ -140,6 +140,9 @@ def common_module(paths: Iterable[str]) -> str:
 #: ``Converted.meta`` key under which a conversion may record ``{native name: source name}``
 #: (:func:`source_names`), so that ``layers(converted)`` names exactly without the source
 LAYER_NAMES = "layer_names"
+#: what a conversion cache entry's recorded names were made by: raised when the naming changes
+#: (2: elementwise ops listed on LiteRT too), so that an entry never serves stale names
+NAMING_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,7 @@ class Traced:
     native: tuple[str, ...]
     fallback: str
     kind: str = "layer"
+    weighted: bool = True
 
     @property
     def key(self) -> str:
@@ -168,7 +172,8 @@ def finish(
     found = []
     for t in traced:
         name = recorded.get(t.key) if isinstance(recorded, Mapping) else t.name
-        found.append(Layer(name or t.fallback, t.op, t.native, t.kind))
+        weighted = t.weighted and t.kind == "layer"
+        found.append(Layer(name or t.fallback, t.op, t.native, t.kind, weighted))
     return unique(found)
 
 
@@ -178,6 +183,7 @@ def recorded_names(traced: Sequence[Traced]) -> dict[str, str]:
 
 __all__ = [
     "LAYER_NAMES",
+    "NAMING_VERSION",
     "Traced",
     "common_module",
     "finish",

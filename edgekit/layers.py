@@ -41,12 +41,22 @@ class Layer:
     native: tuple[str, ...]
     #: ``layer``: a weighted or matrix op, listed alike on every backend; ``op``: an
     #: elementwise or pooling op the backend's quantizer also quantizes on its own (ORT's QDQ
-    #: Add, Mul, Softmax): rules and the accuracy gate reach it, cross-backend comparisons of
-    #: layers leave it out
+    #: Add, Mul, Softmax; LiteRT's ADD, SOFTMAX, ...): rules and the accuracy gate reach it,
+    #: cross-backend comparisons of layers leave it out
     kind: str = "layer"
+    #: False for a product of two activations (an attention's QK^T and AV) and for every op:
+    #: quantizing it saves no weight bytes, and where its integer kernel is slow (LiteRT's int8
+    #: BATCH_MATMUL) it only costs time, which the accuracy gate's speed step acts on
+    weighted: bool = True
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "op": self.op, "native": list(self.native), "kind": self.kind}
+        return {
+            "name": self.name,
+            "op": self.op,
+            "native": list(self.native),
+            "kind": self.kind,
+            "weighted": self.weighted,
+        }
 
 
 @dataclass(frozen=True)
@@ -163,7 +173,7 @@ def unique(layers: Sequence[Layer]) -> list[Layer]:
         count = seen.get(layer.name, 0) + 1
         seen[layer.name] = count
         name = layer.name if count == 1 else f"{layer.name}#{count}"
-        out.append(Layer(name, layer.op, layer.native, layer.kind))
+        out.append(Layer(name, layer.op, layer.native, layer.kind, layer.weighted))
     return out
 
 

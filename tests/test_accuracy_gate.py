@@ -190,11 +190,12 @@ def test_float_layer_on_an_int8_only_device_is_reported_as_a_fallback(torch_cnn,
     assert "device_fallback" not in json.loads(plain.sidecar.read_text())["backend_details"]
 
 
-def test_gate_reaches_the_elementwise_op_that_loses_accuracy_on_onnxruntime(digits, tmp_path):
-    """The sample CNN with a baked-in per-pixel scaler: ORT quantizes the scaler's Mul constant
-    with one scale and plain int8 collapses; the loss is in no layer, so the gate must reach
-    the elementwise op ("scaler:Mul") to meet the budget. Accuracies are recomputed here from
-    the artifacts against the labels."""
+@pytest.mark.parametrize("backend", ["onnxruntime", "tflite"])
+def test_gate_reaches_the_elementwise_op_that_loses_accuracy(backend, digits, tmp_path):
+    """The sample CNN with a baked-in per-pixel scaler: ORT and LiteRT quantize the scaler's Mul
+    constant with one scale and plain int8 collapses; the loss is in no layer, so the gate must
+    reach the elementwise op ("scaler:Mul", named alike on both) to meet the budget. Accuracies
+    are recomputed here from the artifacts against the labels."""
     from edgekit import samples
 
     model = samples.train_torch_sensitive_cnn(cache_dir=tmp_path / "cache")
@@ -216,10 +217,10 @@ def test_gate_reaches_the_elementwise_op_that_loses_accuracy_on_onnxruntime(digi
         eval_data=[({name: xt[i : i + 1]}, int(y_test[i])) for i in range(len(xt))],
         eval_samples=len(xt),
     )
-    plain = edgekit.export(model, "onnxruntime", "int8", output_dir=tmp_path / "p", **common)
+    plain = edgekit.export(model, backend, "int8", output_dir=tmp_path / "p", **common)
     assert fp32 - accuracy(plain.artifact) >= 10  # the model really loses at plain int8
     gated = edgekit.export(
-        model, "onnxruntime", "int8", output_dir=tmp_path / "g", max_accuracy_drop=1, **common
+        model, backend, "int8", output_dir=tmp_path / "g", max_accuracy_drop=1, **common
     )
     assert fp32 - accuracy(gated.artifact) <= 1
     assert "scaler:Mul" in gated.gate["float_layers"]

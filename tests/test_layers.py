@@ -83,6 +83,26 @@ class Block(nn.Module):
         return x + self.attn(x)
 
 
+class MaskedAttention(Attention):
+    """Attention with an additive mask buffer on the scores (Locality Self-Attention's -1e4
+    diagonal): the mask Add follows a MatMul as a Linear's bias does, but is no bias."""
+
+    def __init__(self, tokens: int = 5, dim: int = 16) -> None:
+        super().__init__(dim)
+        self.register_buffer("mask", torch.eye(tokens) * -1e4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        weights = torch.softmax(q @ k.transpose(-1, -2) * self.scale + self.mask, dim=-1)
+        return self.proj(weights @ v)
+
+
+class MaskedBlock(Block):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = MaskedAttention()
+
+
 def _torch_source(module: nn.Module, shape: tuple[int, ...]) -> SourceModel:
     for m in module.modules():
         if isinstance(m, nn.BatchNorm2d):  # statistics that make the folding change weights
@@ -103,7 +123,7 @@ def _convert(backend: str, source: SourceModel, tmp: Path) -> Converted:
 
 
 def _names(layers: list[Layer]) -> list[str]:
-    # Elementwise ops (kind "op", ONNX Runtime only) are not layers every backend lists.
+    # Elementwise ops (kind "op", not on OpenVINO) are not layers every backend lists.
     return [layer.name for layer in layers if layer.kind == "layer"]
 
 
@@ -270,6 +290,34 @@ def test_onnx_matmul_add_keeps_its_node_name(tmp_path):
     source = _onnx_source(path, (1, 4))
     converted = _convert("onnxruntime", source, tmp_path)
     assert _names(get_backend("onnxruntime").layers(converted, source)) == ["matmul"]
+
+
+def test_elementwise_ops_are_named_alike_on_onnxruntime_and_tflite(tmp_path):
+    """The ops both quantizers quantize on their own are listed (kind "op") under one name on
+    both: the mask Add and the Softmax in ``attn``, the residual Add in the root module. A
+    Linear's bias Add is part of its layer, not an op; the mask Add after QK^T is one."""
+    source = _torch_source(MaskedBlock(), (1, 5, 16))
+    ops = {}
+    for backend in ("onnxruntime", "tflite"):
+        layers = get_backend(backend).layers(_convert(backend, source, tmp_path), source)
+        ops[backend] = {layer.name for layer in layers if layer.kind == "op"}
+        _assert_natives_exist(backend, _convert(backend, source, tmp_path), layers)
+        assert {"attn:Add", "attn:Softmax", "Add"} <= ops[backend], backend
+        # no bias Add of q/k/v/proj listed as an op of its own
+        assert not any(n.startswith("attn.") for n in ops[backend]), backend
+    # the attention's scale Mul is the only other op, on both
+    assert ops["onnxruntime"] == ops["tflite"] == {"attn:Add", "attn:Softmax", "attn:Mul", "Add"}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_products_of_two_activations_are_the_unweighted_layers(backend, tmp_path):
+    """QK^T and AV (``attn``, ``attn#2``) read no weight; q, k, v and proj do: what the gate's
+    speed step may move to float without losing a weight byte."""
+    source = _torch_source(Block(), (1, 5, 16))
+    layers = get_backend(backend).layers(_convert(backend, source, tmp_path), source)
+    unweighted = {layer.name for layer in layers if layer.kind == "layer" and not layer.weighted}
+    assert unweighted == {"attn", "attn#2"}
+    assert all(not layer.weighted for layer in layers if layer.kind == "op")
 
 
 # ---------------------------------------------------------------- native names

@@ -68,7 +68,18 @@ OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "LSTM"})
 #: squeeze-excite Mul, a baked-in input scaler) keeping layers float cannot help, so they are
 #: listed as kind "op" for rules and the accuracy gate to reach
 ELEMENTWISE = frozenset(
-    {"Add", "Mul", "Softmax", "Sigmoid", "GlobalAveragePool", "Concat", "LayerNormalization"}
+    {
+        "Add",
+        "Mul",
+        "Where",
+        "Softmax",
+        "Sigmoid",
+        "AveragePool",
+        "GlobalAveragePool",
+        "Concat",
+        "LayerNormalization",
+        "InstanceNormalization",
+    }
 )
 #: the suffix ORT's MatMulAddFusion (run by quant_pre_process) gives the Gemm it makes
 MATMUL_ADD_FUSION = "/MatMulAddFusion"
@@ -133,12 +144,12 @@ def _traced(converted: Converted, source: SourceModel | None) -> list[Traced]:
     known = set(keras_layers(source)) if source is not None and fmt == "keras" else None
     readers = Counter(i for n in graph.node for i in n.input)
     added = {i for n in graph.node if n.op_type == "Add" for i in n.input}
-    producer = {o: n.op_type for n in graph.node for o in n.output}
+    producer = {o: n for n in graph.node for o in n.output}
     found = []
     for node in graph.node:
         if node.domain not in ("", "ai.onnx") or node.op_type not in OPS | ELEMENTWISE:
             continue
-        if node.op_type == "Add" and any(producer.get(i) == "MatMul" for i in node.input):
+        if _is_bias(node, producer, inits):
             continue  # a Linear's bias: quant_pre_process fuses it into the MatMul's Gemm
         native: tuple[str, ...] = (node.name,) if node.name else ()
         out = node.output[0] if node.output else ""
@@ -156,8 +167,31 @@ def _traced(converted: Converted, source: SourceModel | None) -> list[Traced]:
             # A module's elementwise ops are named after it and their type ("scaler:Mul",
             # "blocks.0.attn:Softmax"), so they never renumber the module's layers.
             name = f"{name}:{node.op_type}"
-        found.append(Traced(name, node.op_type, native, node.name or out, kind))
+        elif kind == "op" and fmt == "torch":
+            name = node.op_type  # one at the root module: "Add", as on LiteRT
+        weighted = node.op_type != "MatMul" or any(i in inits for i in node.input)
+        found.append(Traced(name, node.op_type, native, node.name or out, kind, weighted))
     return found
+
+
+def _is_bias(node: Any, producer: dict[str, Any], inits: Collection[str]) -> bool:
+    """An Add of a constant to a weighted MatMul's output: a Linear's bias. An Add to a product
+    of two activations (an attention mask added to QK^T) is not fused and ORT quantizes it on
+    its own, so it is an op of its own here (left unlisted, it stayed int8 in every trial, and
+    with a -1e4 mask its calibrated range made every attention score 0)."""
+    if node.op_type != "Add" or len(node.input) != 2:
+        return False
+    for this, other in (node.input, node.input[::-1]):
+        matmul = producer.get(this)
+        if (
+            matmul is not None
+            and matmul.op_type == "MatMul"
+            and other in inits
+            and len(matmul.input) > 1
+            and matmul.input[1] in inits
+        ):
+            return True
+    return False
 
 
 def layers(converted: Converted, source: SourceModel | None = None) -> list[Layer]:

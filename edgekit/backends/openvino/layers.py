@@ -354,6 +354,20 @@ _NAMERS: dict[str, Callable[[Converted, SourceModel | None], Namer]] = {
 }
 
 
+#: ops between a weight Constant and the layer that reads it (decompression, layout)
+_WEIGHT_PATH = frozenset({"Convert", "Reshape", "Transpose", "Multiply", "Subtract", "Unsqueeze"})
+
+
+def _constant(node: Any, depth: int = 4) -> bool:
+    """Whether ``node`` is a Constant, or computes only from one (an fp16 weight's Convert)."""
+    kind = node.get_type_name()
+    if kind == "Constant":
+        return True
+    if depth == 0 or kind not in _WEIGHT_PATH:
+        return False
+    return all(_constant(i.get_source_output().get_node(), depth - 1) for i in node.inputs())
+
+
 def _traced(converted: Converted, source: SourceModel | None) -> list[Traced]:
     model = shared_core().read_model(str(converted.path("model.xml")))
     fmt = source.format if source is not None else _ROUTE_FORMAT.get(converted.meta.get("route"))
@@ -365,7 +379,10 @@ def _traced(converted: Converted, source: SourceModel | None) -> list[Traced]:
         if kind not in OPS:
             continue
         friendly = op.get_friendly_name()
-        found.append(Traced(namer(op) if namer else None, kind, (friendly,), friendly))
+        weighted = any(_constant(i.get_source_output().get_node()) for i in op.inputs())
+        found.append(
+            Traced(namer(op) if namer else None, kind, (friendly,), friendly, "layer", weighted)
+        )
     return found
 
 

@@ -10,7 +10,8 @@ also match every op whose scope merely contains it. Tensor names are unique in a
 scopes are too. Quantizable ops are the compute ops AEQ quantizes with weights or as matrix
 products: CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, BATCH_MATMUL, TRANSPOSE_CONV (AEQ's
 ``CONV_2D_TRANSPOSE``); AEQ has no LSTM, and EMBEDDING_LOOKUP is left out as Gather is on the
-other backends.
+other backends. The elementwise ops AEQ also quantizes on their own (:data:`ELEMENTWISE`) are
+listed as kind ``op``, named as ONNX Runtime names them.
 
 Where the source name comes from (``name``):
 
@@ -58,6 +59,29 @@ from edgekit.model import SourceModel
 OPS = frozenset(
     {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "TRANSPOSE_CONV"}
 )
+#: ops AEQ's ALL_SUPPORTED rule also quantizes by themselves (int8 in and out), by the name
+#: their ONNX counterpart has, so that rules and the gate reach them under the name they have on
+#: ONNX Runtime (``blocks.0.attn:Softmax``, ``scaler:Mul``): a softmax over masked scores or a
+#: baked-in input scaler loses its accuracy there, where no weighted layer can win it back.
+#: Data movement (RESHAPE, TRANSPOSE, SLICE, ...) keeps its input's scale and is left out.
+ELEMENTWISE = {
+    "ADD": "Add",
+    "SUB": "Sub",
+    "MUL": "Mul",
+    "DIV": "Div",
+    "SELECT_V2": "Where",
+    "SOFTMAX": "Softmax",
+    "LOGISTIC": "Sigmoid",
+    "TANH": "Tanh",
+    "GELU": "Gelu",
+    "HARD_SWISH": "HardSwish",
+    "MEAN": "ReduceMean",
+    "SUM": "ReduceSum",
+    "RSQRT": "Rsqrt",
+    "SQUARED_DIFFERENCE": "SquaredDifference",
+    "CONCATENATION": "Concat",
+    "AVERAGE_POOL_2D": "AveragePool",
+}
 _WRAPPER = "litert_torch._convert.to_channel_last_io.ChannelLastIOWrapper"
 
 
@@ -115,17 +139,31 @@ def _resolve(
     return None
 
 
+def _output_compute(outputs: Sequence[str], known: Mapping[str, str] | None) -> set[str]:
+    """The conv/linear-like modules named in an op's output tensor names."""
+    return {p for n in outputs for p, c in litert_modules(n, known) if p and is_compute(c)}
+
+
 def _pick_torch(
-    outputs: Sequence[str], weights: Sequence[str], known: Mapping[str, str] | None
+    outputs: Sequence[str],
+    weights: Sequence[str],
+    known: Mapping[str, str] | None,
+    claimed: Collection[str] = (),
 ) -> str | None:
-    """The module an op belongs to, from its output and constant-input tensor names."""
+    """The module an op belongs to, from its output and constant-input tensor names.
+    ``claimed``: modules that another op's output names alone."""
     out = list(dict.fromkeys(m for n in outputs for m in litert_modules(n, known)))
     wts = list(dict.fromkeys(m for n in weights for m in litert_modules(n, known)))
     out_compute = {p for p, c in out if p and is_compute(c)}
     wts_compute = {p for p, c in wts if p and is_compute(c)}
     if len(out_compute) == 1:
         return next(iter(out_compute))
-    # Two compute modules in one output name (a fused location of k and q): the weight's wins.
+    # Two compute modules in one output name: MLIR fused the op's location with another op's.
+    # One that another op names alone is that op's (k and v after a LayerNorm carry q's, and
+    # so do their weights' names; a Linear called after another carries that one's).
+    if len(out_compute - set(claimed)) == 1:
+        return next(iter(out_compute - set(claimed)))
+    # Otherwise the weight's wins.
     if len(out_compute & wts_compute) == 1:
         return next(iter(out_compute & wts_compute))
     if len(wts_compute) == 1:
@@ -168,10 +206,16 @@ def _traced(converted: Converted, source: SourceModel | None) -> list[Traced]:
     found: list[Traced] = []
     for graph in model.subgraphs:
         produced = {i for op in graph.operators for i in op.outputs}
+        claimed: set[str] = set()
+        for op in graph.operators if fmt == "torch" else ():
+            if fbu.opcode_to_name(model, op.opcodeIndex) in OPS:
+                outs = [aeq.get_tensor_name(graph.tensors[i]) for i in op.outputs if i >= 0]
+                alone = _output_compute(outs, known_torch)
+                claimed |= alone if len(alone) == 1 else set()
         graph_inputs = set(graph.inputs)
         for op in graph.operators:
             kind = fbu.opcode_to_name(model, op.opcodeIndex)
-            if kind not in OPS:
+            if kind not in OPS and kind not in ELEMENTWISE:
                 continue
             scope = aeq.get_op_scope(op, graph.tensors)
             outputs = [aeq.get_tensor_name(graph.tensors[i]) for i in op.outputs if i >= 0]
@@ -182,13 +226,38 @@ def _traced(converted: Converted, source: SourceModel | None) -> list[Traced]:
             ]
             name: str | None = None
             if fmt == "torch":
-                name = _pick_torch(outputs, weights, known_torch)
+                name = _pick_torch(outputs, weights, known_torch, claimed)
             elif fmt == "keras":
                 name = _keras_op(outputs, weights, known_keras)
             elif fmt == "tflite":
                 name = ";".join(outputs) or None
-            found.append(Traced(name, kind, (scope,), scope))
+            if kind in ELEMENTWISE:
+                found.append(_op(kind, name, outputs, known_torch, fmt, scope))
+                continue
+            found.append(Traced(name, kind, (scope,), scope, "layer", bool(weights)))
     return found
+
+
+def _op(
+    kind: str,
+    name: str | None,
+    outputs: Sequence[str],
+    known: Mapping[str, str] | None,
+    fmt: str,
+    scope: str,
+) -> Traced:
+    """An elementwise op, named after the module it runs in and its type, as on ONNX Runtime
+    (``blocks.0:Add``; ``Add`` at the root module)."""
+    label = ELEMENTWISE[kind]
+    if fmt == "torch":
+        # Its own location comes first in a fused output name; the others are ops MLIR merged
+        # it with (a residual Add carries the Linear before it, a second block's mask Add the
+        # first block's, whose constant they share), so the first one alone names it.
+        own = litert_modules(outputs[0].split(";")[0], known) if outputs else []
+        name = own[0][0] if own else ""
+    if fmt == "tflite" or name is None:
+        return Traced(name, kind, (scope,), scope, "op")
+    return Traced(f"{name}:{label}" if name else label, kind, (scope,), scope, "op")
 
 
 def layers(converted: Converted, source: SourceModel | None = None) -> list[Layer]:
@@ -219,6 +288,7 @@ def _keras_op(
 
 
 __all__ = [
+    "ELEMENTWISE",
     "LAYER_NAMES",
     "OPS",
     "layers",
