@@ -50,12 +50,6 @@ PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic", "int16x8")
 U_F32, U_F16 = 2.0**-24, 2.0**-11
 CHATTER = "Created TensorFlow Lite XNNPACK delegate"
 
-pytestmark = pytest.mark.skipif(
-    not os.environ.get("EDGEKIT_MODELS_DIR") and not realmodels.models_dir().exists(),
-    reason="real models are not cached: set EDGEKIT_MODELS_DIR",
-)
-
-
 def _fetch(name: str) -> Path:
     try:
         return realmodels.fetch(name)
