@@ -50,6 +50,7 @@ PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic", "int16x8")
 U_F32, U_F16 = 2.0**-24, 2.0**-11
 CHATTER = "Created TensorFlow Lite XNNPACK delegate"
 
+
 def _fetch(name: str) -> Path:
     try:
         return realmodels.fetch(name)
