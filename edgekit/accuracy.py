@@ -99,6 +99,7 @@ class Evaluator:
     stem: str = "trial"
     baseline: float = field(init=False)
     _count: int = field(default=0, init=False)
+    _layers: list[Layer] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         from edgekit.metrics import OUTPUT_METRICS, score
@@ -117,7 +118,11 @@ class Evaluator:
             )
 
     def layers(self) -> list[Layer]:
-        return list(self.backend.layers(self.converted, self.source))
+        """The backend's layers of the FP32 model (listed once: the gate and its steps ask
+        again)."""
+        if self._layers is None:
+            self._layers = list(self.backend.layers(self.converted, self.source))
+        return list(self._layers)
 
     def trial(
         self, rules: Sequence[Rule], samples: int | None = None, stem: str = "trial"
@@ -288,6 +293,55 @@ def gate(ev: Evaluator, budget: float, max_float: int | None = None) -> GateResu
         sensitivity=ranked,
         layers=len(layers),
     )
+
+
+def speed_step(
+    ev: Evaluator, result: GateResult, timer: Callable[[Path], Any]
+) -> dict[str, Any] | None:
+    """After the gate met its budget: when the chosen artifact is slower than FP32, try it with
+    every *unweighted* layer and op in float too (products of two activations, elementwise ops:
+    quantizing them saves no weight bytes) and take that when it is within budget and faster.
+    Why: an int8 model's slowness is often in exactly those ops, whose integer kernels a runtime
+    lacks or runs outside its fast path (LiteRT runs int8 BATCH_MATMUL, SOFTMAX and MEAN outside
+    XNNPACK: a ViT-Tiny-wide model ran 2.9x FP32's latency at int8 and 0.45x with them float).
+
+    ``timer(artifact)`` times an artifact against FP32 on the checking device (a SpeedCheck:
+    ``ratio``, ``slower``). Each step is measured, never assumed; ``result`` is updated in place
+    when the step is taken. None when there is nothing to try or the artifact is not slower."""
+    floats = [r.pattern for r in result.final.rules if r.precision == "float"]
+    extra = [
+        layer.name
+        for layer in ev.layers()
+        if not layer.weighted and not any(re.fullmatch(p, layer.name) for p in floats)
+    ]
+    if not extra:
+        return None
+    stage(f"timing the gate's {ev.recipe.precision} against fp32 (1 thread, interleaved)")
+    before = timer(result.final.result.primary)
+    if not before.slower or before.ratio is None:
+        return None
+    stage(f"speed step: {len(extra)} unweighted layers and ops in float")
+    rules = (*result.final.rules, *(Rule(re.escape(n), "float", "accuracy gate") for n in extra))
+    trial = ev.trial(rules)
+    step: dict[str, Any] = {
+        "float_layers": extra,
+        "drop": round(trial.drop, 4),
+        "ratio_before": round(before.ratio, 3),
+        "ratio_after": None,
+        "taken": False,
+    }
+    if trial.drop <= result.budget:
+        after = timer(trial.result.primary)
+        if after.ratio is not None:
+            step["ratio_after"] = round(after.ratio, 3)
+            if after.ratio < before.ratio:
+                ev.discard(result.final)
+                result.final = trial
+                result.float_layers = [*result.float_layers, *extra]
+                step["taken"] = True
+                return step
+    ev.discard(trial)
+    return step
 
 
 def spearman(a: Sequence[str], b: Sequence[str]) -> float | None:

@@ -16,10 +16,10 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgekit import __version__, convert_cache
 from edgekit.agreement import Agreement, compare
@@ -41,6 +41,10 @@ from edgekit.plan import ExportPlan, plan_export
 from edgekit.prepare import prepare
 from edgekit.progress import progress, stage
 from edgekit.recipe import APPLIES_TO, Recipe
+
+if TYPE_CHECKING:  # numpy-only modules, imported where they run
+    from edgekit.accuracy import Evaluator
+    from edgekit.speed_check import SpeedCheck
 
 # Frameworks whose versions go into the sidecar when they took part in an export.
 _TOOL_PACKAGES = {
@@ -535,7 +539,7 @@ def _gate(
 ) -> tuple[ExportOutput, Recipe, dict[str, Any]]:
     """--max-accuracy-drop: the artifact whose held-out metric is within budget with the
     fewest float layers the greedy search found (edgekit.accuracy), or AccuracyGateError."""
-    from edgekit.accuracy import Evaluator, gate
+    from edgekit.accuracy import Evaluator, gate, speed_step
     from edgekit.metrics import default_metric
 
     if not data.held or "random" in data.described:
@@ -573,7 +577,12 @@ def _gate(
             f"{recipe.precision} artifact was not written: allow a larger drop, try another "
             "--precision (int16x8, fp16) or --calibration-method, or train with quantization"
         )
-    speed = _speed_step(plan, ev, result, fp32, folder.parent, device) if device else None
+    # The speed step times where the speed check does: on this machine, not on a remote device.
+    speed = (
+        speed_step(ev, result, _fp32_timer(plan, ev, fp32, folder.parent, device))
+        if device
+        else None
+    )
     final = result.final
     summary = result.to_json()  # before the move: it reads the trial's file sizes
     if speed is not None:
@@ -611,64 +620,23 @@ def _gate(
     return moved, chosen, summary
 
 
-def _speed_step(
-    plan: ExportPlan,
-    ev: Any,
-    result: Any,
-    fp32: Converted,
-    workdir: Path,
-    device: str,
-) -> dict[str, Any] | None:
-    """After the gate met its budget: when the chosen artifact is slower than FP32 here, try it
-    with every *unweighted* layer and op in float too (products of two activations, elementwise
-    ops: quantizing them saves no weight bytes) and take that when it is within budget and
-    faster. Why: the slowness of an int8 model is often in exactly those ops, whose integer
-    kernels a runtime lacks or runs outside its fast path (LiteRT's int8 BATCH_MATMUL, SOFTMAX
-    and MEAN leave XNNPACK: a small ViT ran 2.6x FP32's latency at int8 and 0.45x with them in
-    float). Each step is measured (interleaved, 1 thread), never assumed; ``result`` is updated
-    in place when the step is taken."""
-    from edgekit.layers import Rule
+def _fp32_timer(
+    plan: ExportPlan, ev: Evaluator, fp32: Converted, workdir: Path, device: str
+) -> Callable[[Path], SpeedCheck]:
+    """``artifact -> SpeedCheck`` against the FP32 baseline the speed check times against (made
+    once per export, on first use), 1 thread each, on the gate's first held-out sample."""
     from edgekit.speed_check import compare_speed
 
-    floats = [r.pattern for r in result.final.rules if r.precision == "float"]
-    extra = [
-        layer.name
-        for layer in ev.layers()
-        if not layer.weighted and not any(re.fullmatch(p, layer.name) for p in floats)
-    ]
-    if not extra:
-        return None
-    probe = ev.held[0]
-    base = plan.backend.open_session(
-        _baseline(plan, ev.recipe, ev.source, fp32, workdir, "fp32"), threads=1, device=device
-    )
-    stage(f"timing the gate's {ev.recipe.precision} against fp32 (1 thread, interleaved)")
-    chosen = plan.backend.open_session(result.final.result.primary, threads=1, device=device)
-    before = compare_speed(base, chosen, probe)
-    if not before.slower:
-        return None
-    stage(f"speed step: {len(extra)} unweighted layers and ops in float")
-    rules = (*result.final.rules, *(Rule(re.escape(n), "float", "accuracy gate") for n in extra))
-    trial = ev.trial(rules)
-    step: dict[str, Any] = {
-        "float_layers": extra,
-        "drop": round(trial.drop, 4),
-        "ratio_before": before.ratio and round(before.ratio, 3),
-        "taken": False,
-    }
-    if trial.drop <= result.budget:
-        after = compare_speed(
-            base, plan.backend.open_session(trial.result.primary, threads=1, device=device), probe
-        )
-        step["ratio_after"] = after.ratio and round(after.ratio, 3)
-        if after.ratio is not None and before.ratio is not None and after.ratio < before.ratio:
-            ev.discard(result.final)
-            result.final = trial
-            result.float_layers = [*result.float_layers, *extra]
-            step["taken"] = True
-            return step
-    ev.discard(trial)
-    return step
+    opened: list[Any] = []
+
+    def timer(artifact: Path) -> SpeedCheck:
+        if not opened:
+            base = _baseline(plan, ev.recipe, ev.source, fp32, workdir, "fp32")
+            opened.append(plan.backend.open_session(base, threads=1, device=device))
+        session = plan.backend.open_session(artifact, threads=1, device=device)
+        return compare_speed(opened[0], session, ev.held[0])
+
+    return timer
 
 
 def _baseline(

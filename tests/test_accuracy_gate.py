@@ -190,15 +190,24 @@ def test_float_layer_on_an_int8_only_device_is_reported_as_a_fallback(torch_cnn,
     assert "device_fallback" not in json.loads(plain.sidecar.read_text())["backend_details"]
 
 
+@pytest.fixture(scope="module")
+def sensitive_cnn(tmp_path_factory):
+    from edgekit import samples
+
+    return samples.train_torch_sensitive_cnn(cache_dir=tmp_path_factory.mktemp("cache"))
+
+
 @pytest.mark.parametrize("backend", ["onnxruntime", "tflite"])
-def test_gate_reaches_the_elementwise_op_that_loses_accuracy(backend, digits, tmp_path):
+def test_gate_reaches_the_elementwise_op_that_loses_accuracy(
+    backend, sensitive_cnn, digits, tmp_path
+):
     """The sample CNN with a baked-in per-pixel scaler: ORT and LiteRT quantize the scaler's Mul
     constant with one scale and plain int8 collapses; the loss is in no layer, so the gate must
     reach the elementwise op ("scaler:Mul", named alike on both) to meet the budget. Accuracies
     are recomputed here from the artifacts against the labels."""
     from edgekit import samples
 
-    model = samples.train_torch_sensitive_cnn(cache_dir=tmp_path / "cache")
+    model = sensitive_cnn
     x_train, _, x_test, y_test = digits
     xt = samples.to_input(x_test[:120])
 
@@ -225,3 +234,74 @@ def test_gate_reaches_the_elementwise_op_that_loses_accuracy(backend, digits, tm
     assert fp32 - accuracy(gated.artifact) <= 1
     assert "scaler:Mul" in gated.gate["float_layers"]
     assert len(gated.gate["float_layers"]) < gated.gate["layers"]
+
+
+class _FakeTimer:
+    """A FAKE timer, named as such: the CPU on which an int8 model runs slower than FP32 cannot
+    be summoned here, so the speed verdicts are given (the first artifact timed is slower than
+    FP32, the next one ``after`` times FP32). What is under test is the mechanism: which layers
+    the speed step moves to float, that it keeps the budget, and when it takes the step."""
+
+    def __init__(self, after: float) -> None:
+        self.after = after
+        self.timed: list[str] = []
+
+    def __call__(self, artifact):
+        from edgekit.speed_check import SpeedCheck
+
+        self.timed.append(str(artifact))
+        ratio = 2.0 if len(self.timed) == 1 else self.after
+        return SpeedCheck(ratio, ratio > 1, 1e-3, ratio * 1e-3, 20, 0.01)
+
+
+@pytest.mark.parametrize("after", [0.5, 3.0], ids=["faster", "not-faster"])
+def test_speed_step_floats_the_unweighted_layers_when_the_gated_int8_is_slow(
+    after, digits, tmp_path, monkeypatch
+):
+    """A small attention model (Locality Self-Attention's -1e4 mask): once the gate meets its
+    budget and is told its artifact is slower than FP32, the speed step tries every unweighted
+    layer and op (QK^T, AV, the elementwise ops) left quantized in float, and takes that only
+    when it is faster. The committed artifact's cosine to the torch model is recomputed, and
+    its recorded rules rebuild it."""
+    from edgekit import exporter, samples
+    from edgekit.layer_report import list_layers
+
+    torch.manual_seed(0)
+    model = samples.torch_transformer(dim=16, depth=1, heads=2, patch=8).eval()
+    timer = _FakeTimer(after)
+    monkeypatch.setattr(exporter, "_fp32_timer", lambda *a, **k: timer)
+    x_train, _, x_test, _ = digits
+    x = np.concatenate([f["x"] for f in feeds(x_test[:N_EVAL], "x")])
+    common = dict(
+        example_inputs=EXAMPLE,
+        calibration=feeds(x_train[:32], "x"),
+        eval_data=feeds(x_test[:N_EVAL], "x"),
+        eval_samples=N_EVAL,
+        metric="cosine",
+    )
+    report = edgekit.export(
+        model, "onnxruntime", "int8", output_dir=tmp_path / "g", max_accuracy_drop=1, **common
+    )
+    gate, step = report.gate, report.gate["speed_step"]
+    unweighted = {
+        layer.name
+        for layer in list_layers(model, "onnxruntime", example_inputs=EXAMPLE)
+        if not layer.weighted
+    }
+    assert {"blocks.0.attn", "blocks.0.attn#2"} <= unweighted
+    taken = step["taken"]
+    assert taken is (after < step["ratio_before"])
+    assert len(timer.timed) == 2  # the gate's artifact, then the step's trial
+    before = gate["float_layers"][: -len(step["float_layers"])] if taken else gate["float_layers"]
+    assert set(step["float_layers"]) == unweighted - set(before)
+    # taken: the step's layers are the artifact's float layers too; not taken: none of them is
+    assert (set(step["float_layers"]) & set(gate["float_layers"])) == (
+        set(step["float_layers"]) if taken else set()
+    )
+    drop = 100.0 - _cosine_points(report.artifact, model, x)
+    assert drop <= 1 + 1e-9
+    rules = json.loads(report.sidecar.read_text())["recipe"]["rules"]
+    again = edgekit.export(
+        model, "onnxruntime", "int8", output_dir=tmp_path / "a", rules=rules, **common
+    )
+    assert abs(_cosine_points(again.artifact, model, x) - (100.0 - drop)) < 1e-6

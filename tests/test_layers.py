@@ -299,9 +299,10 @@ def test_elementwise_ops_are_named_alike_on_onnxruntime_and_tflite(tmp_path):
     source = _torch_source(MaskedBlock(), (1, 5, 16))
     ops = {}
     for backend in ("onnxruntime", "tflite"):
-        layers = get_backend(backend).layers(_convert(backend, source, tmp_path), source)
+        converted = _convert(backend, source, tmp_path)
+        layers = get_backend(backend).layers(converted, source)
         ops[backend] = {layer.name for layer in layers if layer.kind == "op"}
-        _assert_natives_exist(backend, _convert(backend, source, tmp_path), layers)
+        _assert_natives_exist(backend, converted, layers)
         assert {"attn:Add", "attn:Softmax", "Add"} <= ops[backend], backend
         # no bias Add of q/k/v/proj listed as an op of its own
         assert not any(n.startswith("attn.") for n in ops[backend]), backend

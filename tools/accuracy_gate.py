@@ -39,7 +39,7 @@ os.environ.setdefault("EDGEKIT_PROGRESS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import edgekit
-from edgekit import samples
+from edgekit import realmodels, samples
 from edgekit.accuracy import spearman
 from edgekit.layer_report import sensitivity
 
@@ -86,8 +86,6 @@ def _pt2(model: Any, example: Any, path: Path) -> Path:
 
 def _real(tmp: Path, name: str) -> tuple[Path, Path, Path]:
     """The real model's file and real calibration / held-out inputs (separate seeds)."""
-    from edgekit import realmodels
-
     realmodels.write_inputs(name, tmp / "calib.npz", N_CALIB, 0)
     realmodels.write_inputs(name, tmp / "eval.npz", N_REAL_EVAL, 1)
     return realmodels.fetch(name), tmp / "calib.npz", tmp / "eval.npz"
@@ -139,10 +137,11 @@ def _cell(
     except edgekit.EdgekitError as exc:
         gate, gated_path = {"met": False, "error": str(exc)}, None
     # without labels, accuracy is agreement with the FP32 artifact's top-1 (the gate's metric)
-    ref = None if shapes is None else _predictions(fp32.artifact, ev)
+    labelled = "labels" in np.load(ev).files
+    ref = None if labelled else _predictions(fp32.artifact, ev)
     row = {
         "backend": backend,
-        "fp32": _accuracy(fp32.artifact, ev, ref),
+        "fp32": _accuracy(fp32.artifact, ev) if labelled else 100.0,
         "int8": _accuracy(plain.artifact, ev, ref),
         "gated": _accuracy(gated_path, ev, ref) if gated_path else None,
         "met": gate.get("met"),
@@ -193,8 +192,6 @@ def main() -> int:
     for name in args.models.split(","):
         shapes = None
         if name in REAL:
-            from edgekit import realmodels
-
             (tmp / name).mkdir(parents=True, exist_ok=True)
             pt2, calib, ev = _real(tmp / name, name)
             shapes = dict(realmodels.REAL_MODELS[name].shapes)
@@ -203,13 +200,15 @@ def main() -> int:
             calib, ev, example = _data(tmp, model)
             pt2 = _pt2(model, example, tmp / f"{name}.pt2")
         rows = []
-        usable = []
+        usable: list[str] = []
+        skipped: dict[str, str] = {}
         for backend in backends:
             try:
                 row = _cell(pt2, backend, calib, ev, tmp / name / backend, args.budget, shapes)
             except edgekit.EdgekitError as exc:
                 # a cell the matrix does not have yet (an ONNX model to TFLite): say so, go on
                 _say(args, f"{name} {backend}: cannot export: {exc}")
+                skipped[backend] = str(exc)
                 continue
             usable.append(backend)
             _latency(row, args)
@@ -239,6 +238,7 @@ def main() -> int:
         )
         report["models"][name] = {
             "cells": rows,
+            "skipped": skipped,
             "sensitivity": ranks,
             "spearman": corr,
             "auto": {

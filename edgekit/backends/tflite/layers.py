@@ -154,7 +154,7 @@ def _pick_torch(
     ``claimed``: modules that another op's output names alone."""
     out = list(dict.fromkeys(m for n in outputs for m in litert_modules(n, known)))
     wts = list(dict.fromkeys(m for n in weights for m in litert_modules(n, known)))
-    out_compute = {p for p, c in out if p and is_compute(c)}
+    out_compute = _output_compute(outputs, known)
     wts_compute = {p for p, c in wts if p and is_compute(c)}
     if len(out_compute) == 1:
         return next(iter(out_compute))
@@ -225,39 +225,32 @@ def _traced(converted: Converted, source: SourceModel | None) -> list[Traced]:
                 if i >= 0 and i not in produced and i not in graph_inputs
             ]
             name: str | None = None
-            if fmt == "torch":
+            if fmt == "torch" and kind in ELEMENTWISE:
+                name = _op_module(outputs, known_torch)
+            elif fmt == "torch":
                 name = _pick_torch(outputs, weights, known_torch, claimed)
             elif fmt == "keras":
                 name = _keras_op(outputs, weights, known_keras)
             elif fmt == "tflite":
                 name = ";".join(outputs) or None
-            if kind in ELEMENTWISE:
-                found.append(_op(kind, name, outputs, known_torch, fmt, scope))
-                continue
-            found.append(Traced(name, kind, (scope,), scope, "layer", bool(weights)))
+            if kind not in ELEMENTWISE:
+                found.append(Traced(name, kind, (scope,), scope, "layer", bool(weights)))
+            elif fmt == "tflite" or name is None:  # the file's own names, or untraced
+                found.append(Traced(name, kind, (scope,), scope, "op"))
+            else:
+                # named after the module it runs in and its type, as on ONNX Runtime
+                label = ELEMENTWISE[kind]
+                op_name = f"{name}:{label}" if name else label  # "Add" at the root module
+                found.append(Traced(op_name, kind, (scope,), scope, "op"))
     return found
 
 
-def _op(
-    kind: str,
-    name: str | None,
-    outputs: Sequence[str],
-    known: Mapping[str, str] | None,
-    fmt: str,
-    scope: str,
-) -> Traced:
-    """An elementwise op, named after the module it runs in and its type, as on ONNX Runtime
-    (``blocks.0:Add``; ``Add`` at the root module)."""
-    label = ELEMENTWISE[kind]
-    if fmt == "torch":
-        # Its own location comes first in a fused output name; the others are ops MLIR merged
-        # it with (a residual Add carries the Linear before it, a second block's mask Add the
-        # first block's, whose constant they share), so the first one alone names it.
-        own = litert_modules(outputs[0].split(";")[0], known) if outputs else []
-        name = own[0][0] if own else ""
-    if fmt == "tflite" or name is None:
-        return Traced(name, kind, (scope,), scope, "op")
-    return Traced(f"{name}:{label}" if name else label, kind, (scope,), scope, "op")
+def _op_module(outputs: Sequence[str], known: Mapping[str, str] | None) -> str:
+    """The module an elementwise op runs in ("" at the root). Its own location comes first in a
+    fused output name; the others are ops MLIR merged it with (a residual Add carries the Linear
+    before it, a second block's mask Add the first block's, whose constant they share)."""
+    own = litert_modules(outputs[0].split(";")[0], known) if outputs else []
+    return own[0][0] if own else ""
 
 
 def layers(converted: Converted, source: SourceModel | None = None) -> list[Layer]:
