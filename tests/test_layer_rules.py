@@ -196,3 +196,32 @@ def test_rules_file_toml_and_json(tmp_path):
         load_rules_file(bad)
     with pytest.raises(UsageError, match="no such file"):
         load_rules_file(tmp_path / "missing.toml")
+
+
+def test_float_rule_reaches_the_mul_ort_expands_a_hardswish_into(digits, tmp_path):
+    """ORT's pre-processing expands HardSwish into HardSigmoid + Mul, unnamed; ORT quantizes
+    the Mul. Keeping everything float must leave no QuantizeLinear at all in the artifact (a
+    real PP-LCNet kept 28 int8 Muls that no rule could reach), and the HardSwish is an op a
+    rule can name."""
+    import onnx
+
+    from edgekit.layer_report import list_layers
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3), torch.nn.Hardswish(), torch.nn.Conv2d(8, 4, 3)
+    ).eval()
+    names = {
+        layer.name: layer.kind
+        for layer in list_layers(model, "onnxruntime", example_inputs=EXAMPLE)
+    }
+    assert names == {"0": "layer", "1:HardSwish": "op", "2": "layer"}
+
+    def quantize_nodes(**fields) -> int:
+        report = _export(model, digits, tmp_path / str(len(fields)), "onnxruntime", **fields)
+        graph = onnx.load(str(report.artifact)).graph
+        return sum(n.op_type == "QuantizeLinear" for n in graph.node)
+
+    assert quantize_nodes() > 0
+    assert quantize_nodes(keep_float=("0", "2")) > 0  # the HardSwish's Mul is still int8
+    assert quantize_nodes(keep_float=(".*",)) == 0

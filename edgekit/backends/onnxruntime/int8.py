@@ -33,6 +33,22 @@ from edgekit.recipe import Recipe
 _DYNAMIC_OPS = ["MatMul", "Gemm", "Attention", "LSTM", "GRU", "EmbedLayerNormalization"]
 
 
+def _name_expanded_nodes(path: Path) -> None:
+    """Name the nodes ``quant_pre_process`` made without a name: its optimizer expands a
+    HardSwish into HardSigmoid + Mul, both unnamed, and ``nodes_to_exclude`` cannot reach an
+    unnamed node (a real PP-LCNet kept 28 such Muls int8 with every layer excluded). Each gets
+    ``<first output>:<op type>``, the name the layer listing predicts for it
+    (:data:`edgekit.backends.onnxruntime.layers.EXPANDED`)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    unnamed = [n for n in model.graph.node if not n.name and n.output]
+    if unnamed:
+        for node in unnamed:
+            node.name = f"{node.output[0]}:{node.op_type}"
+        onnx.save(model, str(path))
+
+
 def _conv_share(model: Any) -> tuple[int, int]:
     ops = [n.op_type for n in model.graph.node]
     convs = sum(op in ("Conv", "ConvTranspose") for op in ops)
@@ -64,6 +80,7 @@ def static_int8(
     try:
         with quiet():
             quant_pre_process(str(src), str(prepared))
+        _name_expanded_nodes(prepared)
     except Exception:
         # Symbolic shape inference fails on some graphs; quantizing the unprepared model
         # still works, it only loses a few fusions.

@@ -81,6 +81,9 @@ ELEMENTWISE = frozenset(
         "InstanceNormalization",
     }
 )
+#: ops quant_pre_process expands into unnamed nodes, and the one of them ORT quantizes, whose
+#: output is the op's own: edgekit's int8 path names it ``<output>:<type>`` (int8.py)
+EXPANDED = {"HardSwish": "Mul"}
 #: the suffix ORT's MatMulAddFusion (run by quant_pre_process) gives the Gemm it makes
 MATMUL_ADD_FUSION = "/MatMulAddFusion"
 #: the suffix quantize_dynamic's replace_gemm_with_matmul gives the MatMul it makes of a Gemm
@@ -147,7 +150,9 @@ def _traced(converted: Converted, source: SourceModel | None) -> list[Traced]:
     producer = {o: n for n in graph.node for o in n.output}
     found = []
     for node in graph.node:
-        if node.domain not in ("", "ai.onnx") or node.op_type not in OPS | ELEMENTWISE:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in OPS | ELEMENTWISE | set(
+            EXPANDED
+        ):
             continue
         if _is_bias(node, producer, inits):
             continue  # a Linear's bias: quant_pre_process fuses it into the MatMul's Gemm
@@ -157,12 +162,14 @@ def _traced(converted: Converted, source: SourceModel | None) -> list[Traced]:
             native += (node.name + MATMUL_ADD_FUSION,)
         elif node.op_type == "Gemm" and node.name:
             native += (node.name + GEMM_AS_MATMUL,)
+        elif node.op_type in EXPANDED and out:
+            native += (f"{out}:{EXPANDED[node.op_type]}",)
         name: str | None = None
         if fmt == "torch":
             name = _torch_name(node, inits, params)
         elif fmt == "keras" and node.name:
             name = keras_name(node.name, known)
-        kind = "op" if node.op_type in ELEMENTWISE else "layer"
+        kind = "layer" if node.op_type in OPS else "op"
         if kind == "op" and name:
             # A module's elementwise ops are named after it and their type ("scaler:Mul",
             # "blocks.0.attn:Softmax"), so they never renumber the module's layers.
