@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[all,dev]'
+	# ONNX -> TFLite: onnx2torch without its dependencies (its torchvision would replace the
+	# pinned torch; edgekit.backends.tflite.onnx_route explains)
+	$(PY) -m pip install --quiet --no-deps onnx2torch==1.5.15
 	touch $(STAMP)
 
 demo: $(STAMP)

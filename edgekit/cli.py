@@ -15,6 +15,7 @@ from edgekit import __version__
 from edgekit.errors import (
     EXIT_CODES,
     AccuracyGateError,
+    ConversionError,
     EdgekitError,
     UsageError,
     cli_caller,
@@ -455,9 +456,13 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from edgekit.model import describe
 
     info = describe(args.model, target=args.target)
+    # A target report that says the model cannot convert (an ONNX op the TFLite route has no
+    # converter for) exits as the export would, so a pipeline can check before it builds.
+    refused = (info.get("target_report") or {}).get("convertible") is False
+    code = ConversionError.exit_code if refused else 0
     if args.json:
         print(json.dumps(info, indent=2, default=str))
-        return 0
+        return code
     print(f"{info['path']}: {info['format']}, {_mib(info['size_bytes'])}")
     params = info.get("parameters")
     print(f"parameters: {'unknown' if params is None else f'{params:,}'}")
@@ -487,7 +492,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         print(f"target {args.target}:")
         for line in report.get("lines", []):
             print(f"  {line}")
-    return 0
+    return code
 
 
 def _cmd_layers(args: argparse.Namespace) -> int:

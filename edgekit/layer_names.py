@@ -141,8 +141,9 @@ def common_module(paths: Iterable[str]) -> str:
 #: (:func:`source_names`), so that ``layers(converted)`` names exactly without the source
 LAYER_NAMES = "layer_names"
 #: what a conversion cache entry's recorded names were made by: raised when the naming changes
-#: (2: elementwise ops listed on LiteRT too), so that an entry never serves stale names
-NAMING_VERSION = 2
+#: (2: elementwise ops listed on LiteRT too; 3: ONNX sources on LiteRT), so that an entry never
+#: serves stale names
+NAMING_VERSION = 3
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,13 @@ def list_layers(
         _, source, _, backend = _stages(
             model, target, "fp32", input_shapes, example_inputs, {}, scratch
         )
-        source = prepare(source, [])
+        # Prepared as the export prepares it, so that the names listed are the ones a rule meets
+        # there (BatchNorm folded into its Conv keeps the Conv's name; unprepared, OpenVINO and
+        # onnxslim name the fused op otherwise). The rewrites are exact: random inputs verify
+        # them as well as real ones.
+        from edgekit.calibration import load_samples
+
+        source = prepare(source, load_samples("random", source.inputs, limit=2, seed=0))
         fp32, _ = convert_cache.converted(backend, source, scratch / "convert")
         return list(backend.layers(fp32, source))
     finally:

@@ -96,9 +96,23 @@ def valid_onnx(tmp: Path) -> None:
     onnx.save(conv_model(), str(tmp / "model.onnx"))
 
 
-def tflite_like(tmp: Path) -> None:
-    # Only the name and the TFL3 identifier matter: the format check comes before loading.
-    (tmp / "model.tflite").write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(64))
+def openvino_ir_like(tmp: Path) -> None:
+    # The format is told by the .xml/.bin pair; export refuses it before reading the graph.
+    (tmp / "model.xml").write_text('<?xml version="1.0"?>\n<net name="m" version="11"></net>\n')
+    (tmp / "model.bin").write_bytes(b"")
+
+
+def det_onnx(tmp: Path) -> None:
+    """A graph ONNX Runtime runs whose op (Det) the ONNX -> TFLite route cannot convert."""
+    node = helper.make_node("Det", ["x"], ["y"], name="det")
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3, 3])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(tmp / "model.onnx"))
 
 
 def corrupt_onnx(tmp: Path) -> None:
@@ -341,18 +355,18 @@ CASES = [
         ("--name",),
     ),
     Case(
-        "source-format-the-backend-cannot-take",
-        tflite_like,
-        ("export", "model.tflite", "-o", OUT),
+        "an-artifact-is-not-a-source",
+        openvino_ir_like,
+        ("export", "model.xml", "-o", OUT),
         2,
-        ("onnxruntime cannot export from a tflite model", "--target openvino"),
+        ("no backend exports from a openvino-ir model", "export from the model it was made"),
     ),
     Case(
-        "tflite-target-refuses-onnx",
-        valid_onnx,
+        "tflite-route-has-no-converter-for-an-op",
+        det_onnx,
         (*EXPORT, "--target", "tflite"),
-        2,
-        ("tflite cannot export from a onnx model", "--target onnxruntime"),
+        7,
+        ("no converter for Det (opset 17)", "--target onnxruntime"),
     ),
     Case(
         "output-dir-cannot-be-created",

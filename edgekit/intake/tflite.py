@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import ConversionError, ModelFormatError, UsageError, first_line, require
+from edgekit.errors import ModelFormatError, UsageError, first_line, require
 from edgekit.model import Feeds, SourceModel, TensorSpec, fix_shapes
 
 
@@ -133,10 +133,9 @@ def load(path: Path, overrides: Mapping[str, Sequence[int]]) -> SourceModel:
         return [interp.get_tensor(d["index"]).copy() for d in interp.get_output_details()]
 
     def to_onnx(dst: Path) -> None:
-        raise ConversionError(
-            "exporting from a .tflite source is not supported; export from the original "
-            "PyTorch/Keras/ONNX model instead"
-        )
+        from edgekit.intake.tflite_onnx import convert
+
+        convert(path, inputs, outputs, dst)
 
     return SourceModel("tflite", inputs, outputs, interp, run, to_onnx, notes=notes)
 

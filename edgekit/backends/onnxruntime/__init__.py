@@ -77,8 +77,8 @@ def _io_quantization(model: Any) -> dict[str, dict[str, Any]]:
 
 
 CAPABILITIES = Capabilities(
-    # Everything with a bridge to ONNX; a .tflite source has none.
-    sources=("onnx", "torch", "keras", "savedmodel"),
+    # Everything with a bridge to ONNX; a .tflite's is tf2onnx (edgekit.intake.tflite_onnx).
+    sources=("onnx", "torch", "keras", "savedmodel", "tflite"),
     precisions=("fp32", "fp16", "int8", "int8-dynamic"),
     # An ONNX source's graph states its dynamic dims and every ORT precision keeps them.
     dynamic_sources=("onnx",),

@@ -1,8 +1,9 @@
 """TFLite / LiteRT backend: ``.tflite`` artifacts at fp32, fp16, int8-dynamic, int8 and int16x8.
 
 The flow for every source: convert to an FP32 ``.tflite`` (TFLiteConverter for Keras and
-SavedModel, litert-torch for PyTorch; :mod:`~edgekit.backends.tflite.convert`; a ``.tflite``
-source is its own FP32 form, made quantizable: :mod:`~edgekit.backends.tflite.source`), quantize it
+SavedModel, litert-torch for PyTorch, onnx2torch then litert-torch for ONNX;
+:mod:`~edgekit.backends.tflite.convert`; a ``.tflite`` source is its own FP32 form, made
+quantizable: :mod:`~edgekit.backends.tflite.source`), quantize it
 with ai-edge-quantizer (:mod:`~edgekit.backends.tflite.quantize`), store the source<->artifact
 I/O map in the file's metadata, check the file in a child process (LiteRT can crash on a bad
 model; :mod:`~edgekit.backends.tflite.validate`), then report what is not integer
@@ -65,8 +66,8 @@ def _calibration_feeds(
 
 _PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic", "int16x8")
 CAPABILITIES = Capabilities(
-    # ONNX has no in-environment route; see convert.py.
-    sources=("keras", "savedmodel", "torch", "tflite"),
+    # ONNX goes through onnx2torch and litert-torch (onnx_route.py).
+    sources=("keras", "savedmodel", "torch", "onnx", "tflite"),
     precisions=_PRECISIONS,
     # ai-edge-quantizer takes a config per op (regex rules), so every layer precision maps
     # onto one: float (NO_QUANTIZE), int8 (a8w8), int16 (a16w8), fp16 (weight-only casting).
@@ -111,7 +112,11 @@ CAPABILITIES = Capabilities(
 )
 
 
-_CONVERTERS = {"torch": "litert-torch", "tflite": "none: the .tflite source's own graph"}
+_CONVERTERS = {
+    "torch": "litert-torch",
+    "onnx": "onnx2torch + litert-torch",
+    "tflite": "none: the .tflite source's own graph",
+}
 
 
 def _tflite_source_notes(
@@ -170,7 +175,7 @@ class TFLiteBackend:
         import importlib.metadata
 
         found = {}
-        for dist in ("ai-edge-litert", "ai-edge-quantizer", "litert-torch"):
+        for dist in ("ai-edge-litert", "ai-edge-quantizer", "litert-torch", "onnx2torch"):
             try:
                 found[dist] = importlib.metadata.version(dist)
             except importlib.metadata.PackageNotFoundError:
@@ -196,7 +201,12 @@ class TFLiteBackend:
         from edgekit.backends.tflite.ops import target_report
         from edgekit.model import detect_format
 
-        if detect_format(Path(path)) != "tflite":
+        fmt = detect_format(Path(path))
+        if fmt == "onnx":
+            from edgekit.backends.tflite.onnx_route import preflight
+
+            return preflight(Path(path))
+        if fmt != "tflite":
             raise UsageError(
                 f"the {target.name} checks read a .tflite artifact, not {Path(path).name}: "
                 f"export it with --target {target.name} first, then inspect the .tflite"
@@ -238,7 +248,12 @@ class TFLiteBackend:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         (folder / "model.tflite").write_bytes(converted.model)
-        meta = {"inputs": converted.inputs, "outputs": converted.outputs, "notes": converted.notes}
+        meta = {
+            "inputs": converted.inputs,
+            "outputs": converted.outputs,
+            "notes": converted.notes,
+            **converted.extra,
+        }
         return Converted(folder, ["model.tflite"], meta)
 
     def quantize(

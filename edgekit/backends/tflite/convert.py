@@ -10,8 +10,10 @@ Routes, chosen by the source's format:
   ``edgekit[torch-tflite]``). 4-D float inputs are exported channels-last (NHWC, what mobile
   kernels and delegates want) unless the NCHW and NHWC shapes coincide, which would make a
   feed's layout ambiguous.
-* ONNX: refused at once. The only converter (onnx2tf) pins TensorFlow 2.19 and numpy 1.26 and
-  downloads a file at run time, so it cannot live in one environment with edgekit.
+* ONNX: onnx2torch to a torch module at the static input shapes
+  (:mod:`edgekit.backends.tflite.onnx_route`), then litert-torch as for PyTorch, channels-last
+  the same way. onnx2tf, the other converter, pins TensorFlow 2.19 and numpy 1.26 and downloads
+  a file at run time, so it cannot live in one environment with edgekit.
 
 Quantization is not done here: every route ends in an FP32 ``.tflite`` that
 :mod:`edgekit.backends.tflite.quantize` quantizes the same way whatever the source.
@@ -45,6 +47,8 @@ class Converted:
     inputs: list[dict[str, Any]]
     outputs: list[dict[str, Any]]
     notes: list[str] = field(default_factory=list)
+    #: route-specific facts kept in the converted model's meta (the ONNX route's module names)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def io_map(self) -> dict[str, Any]:
         return {"inputs": self.inputs, "outputs": self.outputs}
@@ -56,14 +60,9 @@ def convert(source: SourceModel, workdir: Path) -> Converted:
     if source.format == "torch":
         return _from_torch(source)
     if source.format == "onnx":
-        raise ConversionError(
-            "there is no ONNX -> TFLite route inside edgekit (onnx2tf needs its own TensorFlow "
-            "and numpy versions and downloads files at run time): export the ONNX model with "
-            "--target onnxruntime or --target openvino, or export to TFLite from the source "
-            "framework (PyTorch .pt2, Keras .keras/.h5 or a SavedModel)"
-        )
+        return _from_onnx(source)
     raise ConversionError(
-        f"cannot convert a {source.format} model to TFLite; pass the PyTorch, Keras or "
+        f"cannot convert a {source.format} model to TFLite; pass the PyTorch, Keras, ONNX or "
         "SavedModel source"
     )
 
@@ -137,9 +136,23 @@ def _savedmodel_callable(loaded: Any, names: list[str]) -> tuple[Any, Any]:
     return call, loaded
 
 
-def _from_torch(source: SourceModel) -> Converted:
+def _from_onnx(source: SourceModel) -> Converted:
+    from edgekit.backends.tflite.onnx_route import to_torch
+
+    _litert_torch()
+    module, meta = to_torch(source)
+    converted = _litert(module, source)
+    converted.extra.update(meta)
+    return converted
+
+
+def _litert_torch() -> Any:
     os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
-    torch = require("torch", "torch")
+    # litert-torch imports TensorFlow, whose oneDNN banner ignores TF_CPP_MIN_LOG_LEVEL; the
+    # conversion runs no TF kernels that oneDNN would speed up (see edgekit.intake.keras).
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    require("torch", "torch")
     # litert-torch imports torchao, which logs at WARNING that CUDA/Triton kernels are absent:
     # true of every CPU machine and of no use to our users. It also registers pytree nodes
     # torch now warns about (torch.utils._pytree, "register_constant() on Enum subclasses is
@@ -150,12 +163,25 @@ def _from_torch(source: SourceModel) -> Converted:
         import litert_torch
     except ImportError as exc:
         raise MissingDependencyError("litert_torch", "torch-tflite") from exc
+    return litert_torch
+
+
+def _from_torch(source: SourceModel) -> Converted:
+    torch = require("torch", "torch")
+    _litert_torch()
     handle = source.handle
     # An exported program is already traced for inference, and its module refuses eval().
     exported = isinstance(handle, torch.export.ExportedProgram)
     # unflatten, not .module(): it keeps the module hierarchy, so litert-torch names the ops
     # by their source modules (layer rules match those names, as on the other backends).
     module = torch.export.unflatten(handle) if exported else handle.eval()
+    return _litert(module, source)
+
+
+def _litert(module: Any, source: SourceModel) -> Converted:
+    """``module`` (called with the source's inputs in order) through litert-torch."""
+    torch = require("torch", "torch")
+    litert_torch = _litert_torch()
     notes: list[str] = []
     channel_last: list[int] = []
     args = []

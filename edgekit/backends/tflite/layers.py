@@ -28,6 +28,10 @@ Where the source name comes from (``name``):
 * Keras / SavedModel (TFLiteConverter): TensorFlow scope names, ``functional_1/conv2d_1/...``;
   :func:`edgekit.layer_names.keras_name` maps them back (``conv2d``). The same function serves
   the ORT (tf2onnx) and OpenVINO (TF frontend) routes, which carry the same scopes.
+* ONNX (onnx2torch, then litert-torch): as for PyTorch, with the modules onnx2torch made, one
+  per ONNX node (``n0``, ``n1``, ...), mapped back to the node names by the conversion's
+  :data:`~edgekit.backends.tflite.onnx_route.ONNX_MODULES`: the names ONNX Runtime and
+  OpenVINO list the same layers by. Elementwise ops are named by their node too.
 * ``.tflite`` sources: the op's output tensor names (joined by ``;``), the file's own names.
 
 An op no name traces back to is named by its scope. The helpers every backend's layers module
@@ -41,6 +45,7 @@ import re
 from collections.abc import Collection, Mapping, Sequence
 
 from edgekit.backends.base import Converted
+from edgekit.backends.tflite.onnx_route import ONNX_MODULES, ONNX_OUTPUTS
 from edgekit.errors import require
 from edgekit.layer_names import (
     LAYER_NAMES,
@@ -188,6 +193,8 @@ def _format(converted: Converted, source: SourceModel | None) -> str:
         return source.format
     if "tflite_source" in converted.meta:
         return "tflite"
+    if ONNX_MODULES in converted.meta:
+        return "onnx"
     inputs = converted.meta.get("inputs") or []
     # litert-torch names its signature inputs args_0, args_1, ...; TFLiteConverter uses the
     # source's input names.
@@ -202,12 +209,23 @@ def _traced(converted: Converted, source: SourceModel | None) -> list[Traced]:
     model = fbu.read_model_from_bytearray(bytearray(converted.path("model.tflite").read_bytes()))
     fmt = _format(converted, source)
     known_torch = torch_modules(source) if source is not None and fmt == "torch" else None
+    onnx_nodes: dict[str, str] = {}
+    signature_nodes: dict[str, str] = {}
+    if fmt == "onnx":
+        # onnx2torch's modules, each one ONNX node, are what litert-torch named the ops after
+        modules = converted.meta[ONNX_MODULES]
+        known_torch = {path: cls for path, (_, cls) in modules.items()}
+        onnx_nodes = {path: node for path, (node, _) in modules.items()}
+        # a graph output's tensor is named after its signature key ("output_0"), not its module
+        by_key = {e["signature"]: e["name"] for e in converted.meta.get("outputs") or []}
+        last = converted.meta.get(ONNX_OUTPUTS) or {}
+        signature_nodes = {key: last[name] for key, name in by_key.items() if name in last}
     known_keras = set(keras_layers(source)) if source is not None and fmt == "keras" else None
     found: list[Traced] = []
     for graph in model.subgraphs:
         produced = {i for op in graph.operators for i in op.outputs}
         claimed: set[str] = set()
-        for op in graph.operators if fmt == "torch" else ():
+        for op in graph.operators if fmt in ("torch", "onnx") else ():
             if fbu.opcode_to_name(model, op.opcodeIndex) in OPS:
                 outs = [aeq.get_tensor_name(graph.tensors[i]) for i in op.outputs if i >= 0]
                 alone = _output_compute(outs, known_torch)
@@ -229,13 +247,20 @@ def _traced(converted: Converted, source: SourceModel | None) -> list[Traced]:
                 name = _op_module(outputs, known_torch)
             elif fmt == "torch":
                 name = _pick_torch(outputs, weights, known_torch, claimed)
+            elif fmt == "onnx":
+                pick = (
+                    _op_module(outputs, known_torch)
+                    if kind in ELEMENTWISE
+                    else _pick_torch(outputs, weights, known_torch, claimed)
+                )
+                name = onnx_nodes.get(pick or "") or _signature_node(outputs, signature_nodes)
             elif fmt == "keras":
                 name = _keras_op(outputs, weights, known_keras)
             elif fmt == "tflite":
                 name = ";".join(outputs) or None
             if kind not in ELEMENTWISE:
                 found.append(Traced(name, kind, (scope,), scope, "layer", bool(weights)))
-            elif fmt == "tflite" or name is None:  # the file's own names, or untraced
+            elif fmt in ("tflite", "onnx") or name is None:  # own names (nodes), or untraced
                 found.append(Traced(name, kind, (scope,), scope, "op"))
             else:
                 # named after the module it runs in and its type, as on ONNX Runtime
@@ -243,6 +268,15 @@ def _traced(converted: Converted, source: SourceModel | None) -> list[Traced]:
                 op_name = f"{name}:{label}" if name else label  # "Add" at the root module
                 found.append(Traced(op_name, kind, (scope,), scope, "op"))
     return found
+
+
+def _signature_node(outputs: Sequence[str], nodes: Mapping[str, str]) -> str | None:
+    """The ONNX node behind an op whose output is a signature output (``..._output_0_...``)."""
+    for tensor in outputs:
+        for key in re.findall(r"output_\d+", tensor):
+            if key in nodes:
+                return nodes[key]
+    return None
 
 
 def _op_module(outputs: Sequence[str], known: Mapping[str, str] | None) -> str:
