@@ -86,7 +86,8 @@ EXIT_CODES: dict[int, str] = {
     4: "model corrupt, truncated, of an unknown format, or with unfixed dynamic dimensions",
     5: "calibration/evaluation data missing or not matching the model inputs",
     6: "optional dependency missing (the message names the pip extra)",
-    7: "the backend failed to convert, quantize or run the model",
+    7: "the backend failed to convert, quantize or run the model (also: inspect --target T "
+    "found the model cannot convert)",
     8: "device absent or unreachable",
     9: "accuracy gate: --max-accuracy-drop could not be met (nothing written)",
     130: "interrupted (Ctrl-C)",

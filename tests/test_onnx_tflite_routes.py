@@ -143,21 +143,26 @@ def test_onnx_layers_have_the_same_names_on_all_three_backends(onnx_cnn):
     assert names["tflite"] == names["onnxruntime"] == names["openvino"] == reference
 
 
-def test_keep_float_names_an_onnx_node_on_tflite(onnx_cnn, digits, tmp_path):
-    from ai_edge_litert.interpreter import Interpreter
+def _digits_int8(onnx_cnn, digits, tmp_path: Path, **fields):
     from conftest import feeds
 
-    first = next(n.name for n in onnx.load(str(onnx_cnn)).graph.node if n.op_type == "Conv")
     x_train, _, x_test, _ = digits
-    report = edgekit.export(
+    return edgekit.export(
         onnx_cnn,
         "tflite",
         "int8",
         output_dir=tmp_path,
         calibration=feeds(x_train[:16], "image"),
         eval_data=feeds(x_test[:8], "image"),
-        keep_float=(first,),
+        **fields,
     )
+
+
+def test_keep_float_names_an_onnx_node_on_tflite(onnx_cnn, digits, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    first = next(n.name for n in onnx.load(str(onnx_cnn)).graph.node if n.op_type == "Conv")
+    report = _digits_int8(onnx_cnn, digits, tmp_path, keep_float=(first,))
     interp = Interpreter(model_path=str(report.artifact))
     tensors = {t["index"]: t for t in interp.get_tensor_details()}
     # LiteRT makes a conv of one input channel a DEPTHWISE_CONV_2D
@@ -241,3 +246,14 @@ def test_real_blazeface_tflite_to_onnxruntime_matches_litert(tmp_path):
     _fp32_close(want, _ort(fp32.artifact, feeds))
     ops = {n.op_type for n in onnx.load(str(int8.artifact)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+def test_onnx_source_to_full_integer_tflite_with_integer_io(onnx_cnn, digits, tmp_path):
+    """--io int8 (Edge TPU, microcontrollers) from an ONNX source: int8 in and out, NHWC."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    report = _digits_int8(onnx_cnn, digits, tmp_path, io_dtype="int8")
+    interp = Interpreter(model_path=str(report.artifact))
+    (inp,), (out,) = interp.get_input_details(), interp.get_output_details()
+    assert inp["dtype"] == out["dtype"] == np.int8
+    assert tuple(inp["shape"]) == (1, 32, 32, 1)

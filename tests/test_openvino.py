@@ -476,7 +476,8 @@ def test_tflite_custom_op_is_named(tmp_path):
     with pytest.raises(
         ConversionError,
         # The TFLite backend takes .tflite sources too, so the message names it.
-        match=r"operation MatrixDeterminant; try another backend \(--target tflite\)",
+        match=r"operation MatrixDeterminant; try another backend \(--target onnxruntime, "
+        r"--target tflite\)",
     ):
         BACKEND.convert(source, tmp_path)
 

@@ -89,6 +89,9 @@ CELLS = [
 ]
 if _tflite_takes_tflite():
     CELLS += [(m, "tflite", p) for m in ("face-detect", "face-landmark") for p in ("fp32", "int8")]
+# the routes that close the matrix: ONNX -> TFLite (onnx2torch + litert-torch), TFLite -> ORT
+CELLS += [("orientation", "tflite", p) for p in ("fp32", "int8")]
+CELLS += [("face-detect", "onnxruntime", p) for p in ("fp32", "int8")]
 
 
 # ---------------------------------------------------------------- the FP32 originals
@@ -305,10 +308,33 @@ def _artifact_runner(report) -> tuple[Callable[[dict[str, np.ndarray]], list[np.
     """The artifact run by its own runtime: onnxruntime / LiteRT directly; OpenVINO (no
     second runtime reads an IR) through edgekit's session, checked against the original."""
     path = Path(report.artifact)
+    io_map = json.loads(Path(report.sidecar).read_text())["backend_details"].get("io_map")
+    if path.suffix == ".tflite" and any(e.get("perm") for e in (io_map or {}).get("inputs", [])):
+        return _litert_signature_runner(path, io_map), {}
     if path.suffix in (".onnx", ".tflite"):
         return original_runner(path), {}
     session = edgekit.load(path)
     return session.run, session.info
+
+
+def _litert_signature_runner(path: Path, io_map: dict[str, Any]):
+    """A .tflite made from an NCHW source (ONNX, PyTorch) takes NHWC under its signature keys:
+    LiteRT's own signature runner, fed by the sidecar's declared map (name, key, permutation)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=str(path)).get_signature_runner()
+
+    def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        args = {}
+        for e in io_map["inputs"]:
+            x = np.asarray(feeds[e["name"]])
+            args[e["signature"]] = (
+                np.ascontiguousarray(x.transpose(e["perm"])) if e.get("perm") else x
+            )
+        out = runner(**args)
+        return [out[e["signature"]] for e in io_map["outputs"]]
+
+    return run
 
 
 def _grid_runner(report, run, info):

@@ -172,12 +172,6 @@ def test_corrupt_and_random_tflite(fp32_keras_tflite, tmp_path):
             edgekit.load(path)
 
 
-def test_onnx_source_fails_at_once_naming_the_routes(onnx_cnn, tmp_path):
-    with pytest.raises(UsageError, match="target onnxruntime, target openvino"):
-        edgekit.export(onnx_cnn, "tflite", "fp32", output_dir=tmp_path / "out")
-    assert not (tmp_path / "out").exists()  # refused before anything is written
-
-
 def test_flags_tflite_cannot_honour(keras_cnn, digits, tmp_path):
     cases = [
         ({"precision": "int8", "reduce_range": True}, "reduce_range"),

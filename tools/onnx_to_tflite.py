@@ -67,8 +67,13 @@ def _timed_export(path: Path, name: str, cache: Path, out: Path, prefix: list[st
     started = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - started
-    error = [line for line in done.stderr.splitlines() if line.startswith("edgekit: error")]
-    return {"seconds": round(seconds, 1), "exit": done.returncode, "error": error[:1]}
+    lines = done.stderr.splitlines()
+    error = [line for line in lines if line.startswith("edgekit: error")] or lines[-1:]
+    return {
+        "seconds": round(seconds, 1),
+        "exit": done.returncode,
+        "error": error[:1] if done.returncode else [],
+    }
 
 
 def _preflight(path: Path) -> dict:

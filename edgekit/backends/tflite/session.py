@@ -163,8 +163,14 @@ class TFLiteSession:
 
         def adapt(spec: TensorSpec, x: np.ndarray) -> np.ndarray:
             perm = self._perm.get(spec.name)
-            if perm and x.shape != spec.shape and x.ndim == len(perm):
-                # Source-layout (NCHW) feed for an NHWC artifact.
+            if (
+                perm
+                and x.shape != spec.shape
+                and x.ndim == len(perm)
+                and tuple(x.shape[i] for i in perm) == tuple(spec.shape)
+            ):
+                # Source-layout (NCHW) feed for an NHWC artifact. A feed that fits neither
+                # layout is left as given, so the shape error names the shape the caller passed.
                 x = np.transpose(x, perm)
             if spec.quantization and x.dtype.kind == "f":
                 float_in.append(spec.name)
