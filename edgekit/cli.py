@@ -9,12 +9,14 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from edgekit import __version__
 from edgekit.errors import (
     EXIT_CODES,
     AccuracyGateError,
+    BudgetError,
     ConversionError,
     EdgekitError,
     UsageError,
@@ -287,6 +289,23 @@ def _parser() -> argparse.ArgumentParser:
     _image_flags(ev)
     ev.add_argument("--json", action="store_true", help="print the report as JSON")
     ev.add_argument("--quiet", "-q", action="store_true", help="no stage lines on stderr")
+
+    bd = sub.add_parser(
+        "build",
+        help="build every model x target x precision of an edgekit.toml, gated by budgets",
+        description="Plan the whole matrix of the config (refusing an impossible cell before\n"
+        "any work), export each cell or reuse it from the content-hash cache, gate it by its\n"
+        "target's budgets, and write manifest.json, summary.md and junit.xml into -o.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bd.add_argument("--config", "-c", default="edgekit.toml", help="default: ./edgekit.toml")
+    bd.add_argument("-o", "--output-dir", default="edgekit-build", help="default: edgekit-build")
+    bd.add_argument("--init", action="store_true", help="write an example edgekit.toml and stop")
+    bd.add_argument("--no-cache", action="store_true", help="rebuild every cell")
+    bd.add_argument("--keep-going", action="store_true", help="build the rest after a failure")
+    bd.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    bd.add_argument("--quiet", "-q", action="store_true", help="no stage lines on stderr")
     return parser
 
 
@@ -608,7 +627,40 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_build(args: argparse.Namespace) -> int:
+    from edgekit import progress
+    from edgekit.build import EXAMPLE, build
+    from edgekit.build.run import summary_markdown
+
+    config = Path(args.config)
+    if args.init:
+        if config.exists():
+            raise UsageError(f"{config} exists already; remove it or pass --config NEW.toml")
+        config.write_text(EXAMPLE)
+        print(f"wrote {config}; build it with: edgekit build --config {config}")
+        return 0
+    progress.QUIET = args.json or args.quiet
+    manifest: dict[str, Any] | None = None
+    code = 0
+    try:
+        manifest = build(
+            config, args.output_dir, use_cache=not args.no_cache, keep_going=args.keep_going
+        )
+    except BudgetError as exc:
+        # Everything was written; the summary says which cell missed which budget.
+        manifest = json.loads((Path(args.output_dir) / "manifest.json").read_text())
+        code = exc.exit_code
+        print(f"edgekit: error: {exc}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(manifest, indent=2))
+    else:
+        print(summary_markdown(manifest), end="")
+        print(f"manifest {Path(args.output_dir) / 'manifest.json'}")
+    return code
+
+
 _COMMANDS = {
+    "build": _cmd_build,
     "export": _cmd_export,
     "inspect": _cmd_inspect,
     "targets": _cmd_targets,

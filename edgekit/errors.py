@@ -12,8 +12,9 @@
     ├── MissingDependencyError   exit 6   an optional dependency is not installed
     ├── ConversionError          exit 7   the backend could not convert, quantize or run it
     ├── DeviceError              exit 8   a device is absent or unreachable
-    └── AccuracyGateError        exit 9   --max-accuracy-drop could not be met (the message
-                                          says the best drop reached and with which layers)
+    ├── AccuracyGateError        exit 9   --max-accuracy-drop could not be met (the message
+    │                                     says the best drop reached and with which layers)
+    └── BudgetError              exit 10  edgekit build: a cell is over a budget of its config
 
 Exit 1 is also used for an unexpected internal error (a bug: the CLI says how to get the
 traceback), and 130 for Ctrl-C. Backend exceptions are translated at the boundary and re-raised
@@ -68,6 +69,12 @@ class ConversionError(EdgekitError):
     exit_code = 7
 
 
+class BudgetError(EdgekitError):
+    """``edgekit build``: a cell missed a budget (the message names the cell, figure, budget)."""
+
+    exit_code = 10
+
+
 class DeviceError(EdgekitError):
     exit_code = 8
 
@@ -90,6 +97,7 @@ EXIT_CODES: dict[int, str] = {
     "found the model cannot convert)",
     8: "device absent or unreachable",
     9: "accuracy gate: --max-accuracy-drop could not be met (nothing written)",
+    10: "edgekit build: a cell is over a budget of its config (the summary names it)",
     130: "interrupted (Ctrl-C)",
     141: "the reader of the output went away (e.g. | head); nothing is wrong with the model",
 }

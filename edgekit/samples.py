@@ -10,6 +10,8 @@ folder sees the same pixels.
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -395,3 +397,48 @@ def train_torch_sensitive_cnn(
     model = torch_sensitive_cnn(width, hidden, seed)
     key = f"sensitive_cnn-{width}-{hidden}-{epochs}-{seed}-v1"
     return _train_torch(model, key, epochs, 1e-3, 64, seed, cache_dir)
+
+
+# ---------------------------------------------------------------- the build sample
+
+
+def sample_pt2(cache_dir: Path | None = CACHE_DIR) -> Path:
+    """The digits CNN (trained once, cached) saved as a torch.export program: what
+    ``edgekit build --init`` points its example config at (``edgekit.samples:sample_pt2``)."""
+    torch = require("torch", "torch")
+    base = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="edgekit-sample-"))
+    path = base / "digits_cnn.pt2"
+    if not path.exists():
+        model = train_torch_cnn(cache_dir=cache_dir)
+        program = torch.export.export(model, (torch.zeros(1, 1, SIZE, SIZE),))
+        base.mkdir(parents=True, exist_ok=True)
+        tmp = base / f".digits_cnn.{os.getpid()}.pt2"
+        torch.export.save(program, str(tmp))
+        tmp.replace(path)
+    return path
+
+
+def sample_data(split_name: str, cache_dir: Path | None = CACHE_DIR) -> Path:
+    """``.npz`` of the digits split ``train`` (calibration) or ``test`` (evaluation, with
+    ``labels``), input ``input`` in the CNN's NCHW layout."""
+    if split_name not in ("train", "test"):
+        raise ValueError(f"split must be train or test, not {split_name!r}")
+    base = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="edgekit-sample-"))
+    path = base / f"digits_{split_name}.npz"
+    if not path.exists():
+        x_train, y_train, x_test, y_test = split()
+        x, y = (x_train, y_train) if split_name == "train" else (x_test, y_test)
+        base.mkdir(parents=True, exist_ok=True)
+        tmp = base / f".digits_{split_name}.{os.getpid()}.npz"
+        with open(tmp, "wb") as fh:
+            np.savez(fh, input=to_input(x), labels=y)
+        tmp.replace(path)
+    return path
+
+
+def sample_calibration(cache_dir: Path | None = CACHE_DIR) -> Path:
+    return sample_data("train", cache_dir)
+
+
+def sample_eval(cache_dir: Path | None = CACHE_DIR) -> Path:
+    return sample_data("test", cache_dir)

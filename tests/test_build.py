@@ -1,0 +1,171 @@
+"""``edgekit build``: the example config builds as written in an empty folder; a second build of
+an unchanged config reuses every cell and a changed one rebuilds only what changed; an
+impossible cell is refused before any work; budgets fail the build with exit 10 naming the cell;
+the manifest's hashes are the files' on disk (hashed here, independently).
+
+Real exports throughout (a one-conv ONNX model, random calibration: what is under test is the
+build's bookkeeping, the exports themselves are the contract's)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx_models import conv_model
+
+CONFIG = """version = 1
+[models.conv]
+path = "conv.onnx"
+[data]
+calibration = "random"
+calibration_samples = 8
+eval_samples = 8
+[targets.onnxruntime]
+precisions = {precisions}
+{budgets}
+[targets.openvino]
+precisions = ["fp32"]
+"""
+
+
+def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "EDGEKIT_PROGRESS": "0", "EDGEKIT_CACHE_DIR": str(cwd / "cache")}
+    env.pop("EDGEKIT_DEBUG", None)
+    return subprocess.run(
+        [sys.executable, "-m", "edgekit", "build", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+
+
+def _project(tmp: Path, precisions: str = '["fp32", "int8"]', budgets: str = "") -> Path:
+    w = np.random.default_rng(0).standard_normal((4, 2, 3, 3)).astype(np.float32)
+    onnx.save(conv_model(w), str(tmp / "conv.onnx"))
+    (tmp / "edgekit.toml").write_text(CONFIG.format(precisions=precisions, budgets=budgets))
+    return tmp
+
+
+def _manifest(tmp: Path) -> dict:
+    return json.loads((tmp / "edgekit-build" / "manifest.json").read_text())
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_cache_reuses_unchanged_cells_and_rebuilds_a_changed_one(tmp_path):
+    _project(tmp_path)
+    first = _cli(tmp_path, "--json")
+    assert first.returncode == 0, first.stderr
+    cold = json.loads(first.stdout)
+    assert [c["status"] for c in cold["cells"]] == ["built"] * 3
+    # the manifest's hashes are the files' in the output folder
+    for cell in cold["cells"]:
+        folder = tmp_path / "edgekit-build" / cell["model"] / cell["target"]
+        assert cell["files"] and all(_sha(folder / f["name"]) == f["sha256"] for f in cell["files"])
+    assert cold["toolchain"]["onnxruntime"] and cold["toolchain"]["python"]
+
+    warm = json.loads(_cli(tmp_path, "--json").stdout)
+    assert [c["status"] for c in warm["cells"]] == ["cached"] * 3
+    assert [c["files"] for c in warm["cells"]] == [c["files"] for c in cold["cells"]]
+
+    # one recipe changed: ORT int8 -> fp16; the other cells stay cached
+    _project(tmp_path, precisions='["fp32", "fp16"]')
+    changed = json.loads(_cli(tmp_path, "--json").stdout)
+    status = {c["id"]: c["status"] for c in changed["cells"]}
+    assert status == {
+        "conv/onnxruntime/fp32": "cached",
+        "conv/onnxruntime/fp16": "built",
+        "conv/openvino/fp32": "cached",
+    }
+    # --no-cache rebuilds, to the same bytes for the fp32 ONNX artifact (its sidecar records
+    # the time of the export, so it differs)
+    fresh = json.loads(_cli(tmp_path, "--json", "--no-cache").stdout)
+    assert {c["status"] for c in fresh["cells"]} == {"built"}
+
+    def onnx_files(cell: dict) -> list:
+        return [f for f in cell["files"] if f["name"].endswith(".onnx")]
+
+    assert onnx_files(fresh["cells"][0]) == onnx_files(changed["cells"][0])
+
+
+def test_an_impossible_cell_is_refused_before_any_work(tmp_path):
+    _project(tmp_path, precisions='["fp32", "int4-weights"]')
+    done = _cli(tmp_path)
+    assert done.returncode == 2
+    assert "cell conv/onnxruntime/int4-weights" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "edgekit-build").exists()
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_budget_fails_the_build_naming_the_cell_and_keep_going_builds_the_rest(tmp_path):
+    size = os.path.getsize(_project(tmp_path) / "conv.onnx")
+    budget = f"[targets.onnxruntime.budgets]\nmax_size_mib = {size / 2**20 / 1000:.9f}"
+    _project(tmp_path, budgets=budget)
+    done = _cli(tmp_path)
+    assert done.returncode == 10
+    lines = [line for line in done.stderr.splitlines() if "error" in line]
+    assert len(lines) == 1 and "conv/onnxruntime/fp32 max_size_mib" in lines[0]
+    status = {c["id"]: c["status"] for c in _manifest(tmp_path)["cells"]}
+    # the first group (both ORT cells) is built and gated; without --keep-going the rest waits
+    assert status == {
+        "conv/onnxruntime/fp32": "over-budget",
+        "conv/onnxruntime/int8": "over-budget",
+        "conv/openvino/fp32": "skipped",
+    }
+    suite = ET.parse(tmp_path / "edgekit-build" / "junit.xml").getroot()
+    assert suite.get("failures") == "2" and suite.get("skipped") == "1"
+    assert "✗ max_size_mib" in (tmp_path / "edgekit-build" / "summary.md").read_text()
+
+    kept = _cli(tmp_path, "--keep-going")
+    assert kept.returncode == 10
+    status = {c["id"]: c["status"] for c in _manifest(tmp_path)["cells"]}
+    assert status["conv/openvino/fp32"] == "built"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("version = 2\n", "version: this edgekit reads schema version 1, not 2"),
+        (
+            'version = 1\n[models.m]\npath = "x.onnx"\nentry = "a:b"\n',
+            "models.m: give exactly one of path or entry",
+        ),
+        (
+            'version = 1\n[models.m]\npath = "x.onnx"\n[targets.onnxruntime]\n'
+            'precisions = ["fp32"]\nbudgets = { max_size = 1 }\n',
+            "targets.onnxruntime.budgets: unknown key 'max_size'",
+        ),
+        ("version = 1\n[models\n", "not valid TOML"),
+    ],
+)
+def test_config_errors_name_the_key(tmp_path, text, message):
+    (tmp_path / "edgekit.toml").write_text(text)
+    done = _cli(tmp_path)
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_init_then_build_works_in_an_empty_folder(tmp_path):
+    """The example config builds the bundled sample (the digits CNN, trained on first use) on
+    all three backends as written."""
+    init = _cli(tmp_path, "--init")
+    assert init.returncode == 0 and (tmp_path / "edgekit.toml").is_file()
+    assert _cli(tmp_path, "--init").returncode == 2  # never overwrites a config
+    done = _cli(tmp_path, "--json")
+    assert done.returncode == 0, done.stderr
+    cells = json.loads(done.stdout)["cells"]
+    assert {c["target"] for c in cells} == {"onnxruntime", "openvino", "tflite"}
+    assert {c["status"] for c in cells} == {"built"}
+    assert all(b["ok"] for c in cells for b in c["budgets"])
