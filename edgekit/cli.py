@@ -19,6 +19,7 @@ from edgekit.errors import (
     BudgetError,
     ConversionError,
     EdgekitError,
+    RegressionError,
     UsageError,
     cli_caller,
     first_line,
@@ -304,6 +305,12 @@ def _parser() -> argparse.ArgumentParser:
     bd.add_argument("--init", action="store_true", help="write an example edgekit.toml and stop")
     bd.add_argument("--no-cache", action="store_true", help="rebuild every cell")
     bd.add_argument("--keep-going", action="store_true", help="build the rest after a failure")
+    bd.add_argument(
+        "--baseline",
+        metavar="MANIFEST",
+        help="an earlier build's manifest.json (or folder): flag larger, slower or less "
+        "accurate cells (exit 11)",
+    )
     bd.add_argument("--json", action="store_true", help="print the manifest as JSON")
     bd.add_argument("--quiet", "-q", action="store_true", help="no stage lines on stderr")
     return parser
@@ -644,9 +651,13 @@ def _cmd_build(args: argparse.Namespace) -> int:
     code = 0
     try:
         manifest = build(
-            config, args.output_dir, use_cache=not args.no_cache, keep_going=args.keep_going
+            config,
+            args.output_dir,
+            use_cache=not args.no_cache,
+            keep_going=args.keep_going,
+            baseline=args.baseline,
         )
-    except BudgetError as exc:
+    except (BudgetError, RegressionError) as exc:
         # Everything was written; the summary says which cell missed which budget.
         manifest = json.loads((Path(args.output_dir) / "manifest.json").read_text())
         code = exc.exit_code
@@ -655,7 +666,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
         print(json.dumps(manifest, indent=2))
     else:
         print(summary_markdown(manifest), end="")
-        print(f"manifest {Path(args.output_dir) / 'manifest.json'}")
+        out = Path(args.output_dir)
+        print(f"manifest {out / 'manifest.json'}, report {out / 'report.html'}")
     return code
 
 

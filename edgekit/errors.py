@@ -14,7 +14,8 @@
     ├── DeviceError              exit 8   a device is absent or unreachable
     ├── AccuracyGateError        exit 9   --max-accuracy-drop could not be met (the message
     │                                     says the best drop reached and with which layers)
-    └── BudgetError              exit 10  edgekit build: a cell is over a budget of its config
+    ├── BudgetError              exit 10  edgekit build: a cell is over a budget of its config
+    └── RegressionError          exit 11  edgekit build --baseline: a cell got worse
 
 Exit 1 is also used for an unexpected internal error (a bug: the CLI says how to get the
 traceback), and 130 for Ctrl-C. Backend exceptions are translated at the boundary and re-raised
@@ -75,6 +76,12 @@ class BudgetError(EdgekitError):
     exit_code = 10
 
 
+class RegressionError(EdgekitError):
+    """``edgekit build --baseline``: a cell is larger, slower or less accurate than before."""
+
+    exit_code = 11
+
+
 class DeviceError(EdgekitError):
     exit_code = 8
 
@@ -98,6 +105,7 @@ EXIT_CODES: dict[int, str] = {
     8: "device absent or unreachable",
     9: "accuracy gate: --max-accuracy-drop could not be met (nothing written)",
     10: "edgekit build: a cell is over a budget of its config (the summary names it)",
+    11: "edgekit build --baseline: a cell is larger, slower or less accurate than before",
     130: "interrupted (Ctrl-C)",
     141: "the reader of the output went away (e.g. | head); nothing is wrong with the model",
 }

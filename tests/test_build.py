@@ -30,6 +30,7 @@ calibration_samples = 8
 eval_samples = 8
 [targets.onnxruntime]
 precisions = {precisions}
+{recipe}
 {budgets}
 [targets.openvino]
 precisions = ["fp32"]
@@ -48,10 +49,14 @@ def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def _project(tmp: Path, precisions: str = '["fp32", "int8"]', budgets: str = "") -> Path:
-    w = np.random.default_rng(0).standard_normal((4, 2, 3, 3)).astype(np.float32)
-    onnx.save(conv_model(w), str(tmp / "conv.onnx"))
-    (tmp / "edgekit.toml").write_text(CONFIG.format(precisions=precisions, budgets=budgets))
+def _project(
+    tmp: Path, precisions: str = '["fp32", "int8"]', budgets: str = "", recipe: str = ""
+) -> Path:
+    # 9216 weights: enough that int8 weights make a smaller file than float ones
+    w = np.random.default_rng(0).standard_normal((64, 16, 3, 3)).astype(np.float32)
+    onnx.save(conv_model(w, (1, 16, 8, 8)), str(tmp / "conv.onnx"))
+    text = CONFIG.format(precisions=precisions, budgets=budgets, recipe=recipe)
+    (tmp / "edgekit.toml").write_text(text)
     return tmp
 
 
@@ -74,6 +79,7 @@ def test_cache_reuses_unchanged_cells_and_rebuilds_a_changed_one(tmp_path):
         folder = tmp_path / "edgekit-build" / cell["model"] / cell["target"]
         assert cell["files"] and all(_sha(folder / f["name"]) == f["sha256"] for f in cell["files"])
     assert cold["toolchain"]["onnxruntime"] and cold["toolchain"]["python"]
+    _check_report(tmp_path / "edgekit-build" / "report.html", cells=3)
 
     warm = json.loads(_cli(tmp_path, "--json").stdout)
     assert [c["status"] for c in warm["cells"]] == ["cached"] * 3
@@ -97,6 +103,69 @@ def test_cache_reuses_unchanged_cells_and_rebuilds_a_changed_one(tmp_path):
         return [f for f in cell["files"] if f["name"].endswith(".onnx")]
 
     assert onnx_files(fresh["cells"][0]) == onnx_files(changed["cells"][0])
+
+
+def _check_report(path: Path, cells: int) -> None:
+    """Self-contained (no script, nothing fetched) and its three plots are real PNG images."""
+    import base64
+    import re
+
+    text = path.read_text()
+    assert "<script" not in text and "http://" not in text and "https://" not in text
+    assert text.count("<tr") == cells + 1
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
+    assert len(images) == 3
+    for data in images:
+        png = base64.b64decode(data)
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+        assert width > 300 and height > 100
+
+
+def test_baseline_catches_the_regression_one_recipe_change_makes(tmp_path):
+    _project(tmp_path, precisions='["int8"]')
+    assert _cli(tmp_path).returncode == 0
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text((tmp_path / "edgekit-build" / "manifest.json").read_text())
+    same = _cli(tmp_path, "--baseline", str(baseline))
+    assert same.returncode == 0, same.stderr  # all cached: nothing moved
+    assert _manifest(tmp_path)["baseline"]["regressions"] == []
+
+    # one recipe change: the conv kept float in the int8 artifact, 4x its weights' bytes
+    _project(
+        tmp_path,
+        precisions='["int8"]',
+        recipe='[targets.onnxruntime.recipe]\nkeep_float = ["conv"]',
+    )
+    done = _cli(tmp_path, "--baseline", str(baseline))
+    assert done.returncode == 11
+    found = {(r["cell"], r["figure"]) for r in _manifest(tmp_path)["baseline"]["regressions"]}
+    assert ("conv/onnxruntime/int8", "size_bytes") in found
+    assert "conv/onnxruntime/int8 size_bytes" in done.stderr
+    assert (
+        "regression: conv/onnxruntime/int8 size_bytes"
+        in (tmp_path / "edgekit-build" / "summary.md").read_text()
+    )
+
+
+def test_compare_flags_only_what_passes_its_threshold():
+    from edgekit.build.baseline import compare
+
+    def cell(cid, size, p50, cv, top1, cos):
+        agreement = {"top1_agreement": top1, "mean_cosine": cos}
+        return {"id": cid, "status": "built", "size_bytes": size, "p50_ms": p50,
+                "timing_ms": {"cv": cv}, "agreement": agreement}  # fmt: skip
+
+    old = {"cells": [cell("a", 1000, 1.0, 0.01, 0.99, 0.999), cell("b", 1000, 1.0, 0.10, 1.0, 1.0),
+                     cell("gone", 1, 1, 0, 1, 1)]}  # fmt: skip
+    new = {"cells": [cell("a", 1011, 1.06, 0.01, 0.984, 0.9979),  # +1.1 %, +6 % > 5 %, -0.6 pt
+                     cell("b", 1010, 1.29, 0.10, 0.996, 0.9991),  # +1.0 %, +29 % < 3 cv, -0.4 pt
+                     cell("new", 1, 1, 0, 1, 1)]}  # fmt: skip
+    result = compare(old, new)
+    assert {(r["cell"], r["figure"]) for r in result["regressions"]} == {
+        ("a", "size_bytes"), ("a", "p50_ms"), ("a", "top1_agreement"), ("a", "mean_cosine"),
+    }  # fmt: skip
+    assert result["added"] == ["new"] and result["removed"] == ["gone"]
 
 
 def test_an_impossible_cell_is_refused_before_any_work(tmp_path):
@@ -169,3 +238,5 @@ def test_init_then_build_works_in_an_empty_folder(tmp_path):
     assert {c["target"] for c in cells} == {"onnxruntime", "openvino", "tflite"}
     assert {c["status"] for c in cells} == {"built"}
     assert all(b["ok"] for c in cells for b in c["budgets"])
+    assert all(c["p50_ms"] > 0 for c in cells)  # every cell timed here
+    _check_report(tmp_path / "edgekit-build" / "report.html", cells=len(cells))
