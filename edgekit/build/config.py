@@ -167,11 +167,12 @@ def load_config(path: str | Path) -> BuildConfig:
             if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
                 raise _bad(f"{where}.budgets.{key}", f"expected a number >= 0, got {value!r}")
         recipe = dict(_table(table.get("recipe", {}), f"{where}.recipe"))
-        unknown = sorted(set(recipe) - _recipe_fields())
+        fields = _recipe_fields()
+        unknown = sorted(set(recipe) - fields)
         if unknown:
+            known = ", ".join(sorted(fields))
             raise _bad(
-                f"{where}.recipe",
-                f"unknown field {unknown[0]!r}; Recipe fields are {', '.join(sorted(_recipe_fields()))}",
+                f"{where}.recipe", f"unknown field {unknown[0]!r}; Recipe fields are {known}"
             )
         targets.append(
             TargetSpec(name, tuple(precisions), {k: float(v) for k, v in budgets.items()}, recipe)
