@@ -240,3 +240,11 @@ def test_init_then_build_works_in_an_empty_folder(tmp_path):
     assert all(b["ok"] for c in cells for b in c["budgets"])
     assert all(c["p50_ms"] > 0 for c in cells)  # every cell timed here
     _check_report(tmp_path / "edgekit-build" / "report.html", cells=len(cells))
+
+
+def test_pareto_front_by_hand():
+    from edgekit.build.report import pareto
+
+    # (3, 4) is beaten by (2, 3) and (1.5, 6) by (1, 5); ties in one coordinate do not dominate
+    points = [(1, 5), (2, 3), (3, 4), (1.5, 6), (4, 1), (4, 1.5)]
+    assert pareto(points) == [0, 1, 4]

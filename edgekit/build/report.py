@@ -6,8 +6,8 @@ Plots (matplotlib, ``edgekit[report]``; without it the page has the tables only 
 * latency per artifact: min-max whisker, p50 dot, p90 and p99 ticks of the counted runs (the
   benchmark keeps these statistics, not every run);
 * the size / latency trade-off, each cell a point coloured by its top-1 agreement with the FP32
-  source, the Pareto front (no other cell both smaller and faster) joined by a line and its
-  cells ringed;
+  source, each model's Pareto front (no other artifact of that model both smaller and faster)
+  joined by a line and its cells ringed;
 * accuracy per cell (top-1 agreement and cosine with the FP32 source).
 """
 
@@ -60,7 +60,11 @@ def _plots(cells: list[dict[str, Any]]) -> list[tuple[str, str]]:
         out.append(("Latency per artifact", _png(fig)))
         plt.close(fig)
         pts = [(c["size_bytes"] / 2**20, c["p50_ms"]) for c in timed]
-        front = pareto(pts)
+        # one front per model: a small model's artifacts do not compete with a large one's
+        fronts = []
+        for name in dict.fromkeys(c["model"] for c in timed):
+            idx = [i for i, c in enumerate(timed) if c["model"] == name]
+            fronts.append([idx[k] for k in pareto([pts[i] for i in idx])])
         acc = [(c.get("agreement") or {}).get("top1_agreement") for c in timed]
         fig, ax = plt.subplots(figsize=(7, 4.5))
         sc = ax.scatter(
@@ -73,15 +77,16 @@ def _plots(cells: list[dict[str, Any]]) -> list[tuple[str, str]]:
             vmax=1.0,
             s=60,
         )
-        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "--", color="tab:red")
-        ax.scatter(
-            [pts[i][0] for i in front],
-            [pts[i][1] for i in front],
-            s=160,
-            facecolors="none",
-            edgecolors="tab:red",
-            label="Pareto front (smaller and faster)",
-        )
+        for n, front in enumerate(fronts):
+            ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "--", color="tab:red")
+            ax.scatter(
+                [pts[i][0] for i in front],
+                [pts[i][1] for i in front],
+                s=160,
+                facecolors="none",
+                edgecolors="tab:red",
+                label="Pareto front per model (smaller and faster)" if n == 0 else None,
+            )
         for (x, y), c in zip(pts, timed, strict=True):
             ax.annotate(c["id"], (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
         fig.colorbar(sc, label="top-1 agreement with FP32")
