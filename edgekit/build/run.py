@@ -26,7 +26,15 @@ from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 from edgekit.build.cache import CellCache, cache_key
-from edgekit.build.config import BenchSpec, BuildConfig, ModelSpec, TargetSpec, resolve_path
+from edgekit.build.config import (
+    BenchSpec,
+    BuildConfig,
+    ModelSpec,
+    TargetSpec,
+    call_entry,
+    load_config,
+    resolve_path,
+)
 from edgekit.errors import BudgetError, EdgekitError, RegressionError, UsageError, first_line
 
 MANIFEST_SCHEMA = "edgekit-build-manifest/1"
@@ -117,8 +125,6 @@ def _resolve_model(config: BuildConfig, spec: ModelSpec) -> _Model:
 
     where = f"models.{spec.name}"
     if spec.entry is not None:
-        from edgekit.build.config import call_entry
-
         path = call_entry(spec.entry, where)
     else:
         path = (config.root / str(spec.path)).resolve()
@@ -242,16 +248,17 @@ def _gate(cell: Cell, budgets: dict[str, float]) -> None:
         cell.status = "over-budget"
 
 
-def _files(folder: Path) -> list[dict[str, Any]]:
+def _files(placed: list[Path]) -> list[dict[str, Any]]:
+    """Name, sha256 and size of a cell's own files as placed (not the whole folder's: the
+    other cells' artifacts there are hashed once, for their own cells)."""
     return [
         {"name": p.name, "sha256": _sha256(p), "size_bytes": p.stat().st_size}
-        for p in sorted(folder.iterdir())
-        if p.is_file()
+        for p in sorted(placed)
     ]
 
 
 def build(
-    config: BuildConfig,
+    config: str | Path | BuildConfig = "edgekit.toml",
     output_dir: str | Path = "edgekit-build",
     *,
     use_cache: bool = True,
@@ -267,6 +274,7 @@ def build(
     from edgekit.progress import stage
 
     started = time.perf_counter()
+    config = config if isinstance(config, BuildConfig) else load_config(config)
     out = Path(output_dir)
     old = read_manifest(baseline) if baseline is not None else None
     models, cells = plan(config)
@@ -356,15 +364,16 @@ def _build_group(
             missing.append(cell)
             continue
         record, files = hit
-        _place(files, folder)
         cell.record, cell.status = record, "cached"
-        cell.files = [f for f in _files(folder) if f["name"] in {p.name for p in files}]
+        cell.files = _files(_place(files, folder))
     if not missing:
         return
     work = Path(tempfile.mkdtemp(prefix=".build-", dir=_ensure(out)))
     try:
         t0 = time.perf_counter()
         reports = _export(model, target, [c.precision for c in missing], work / "out")
+        # one export makes all the group's precisions: each cell reports that shared time
+        exported = time.perf_counter() - t0
         for cell, report in zip(missing, reports, strict=True):
             meta = json.loads(Path(report.sidecar).read_text())
             produced = sorted(
@@ -382,10 +391,9 @@ def _build_group(
                 record["p50_ms"] = record["timing_ms"]["p50"]
                 record["peak_mib"] = record["memory_mib"]["increase"]
             files = cache.put(cell.key, record, produced)
-            _place(files, folder)
             cell.record, cell.status = record, "built"
-            cell.files = [f for f in _files(folder) if f["name"] in {p.name for p in files}]
-            cell.seconds = time.perf_counter() - t0
+            cell.files = _files(_place(files, folder))
+            cell.seconds = exported
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -395,14 +403,17 @@ def _ensure(path: Path) -> Path:
     return path
 
 
-def _place(files: list[Path], folder: Path) -> None:
+def _place(files: list[Path], folder: Path) -> list[Path]:
     """Plain copies of a cell's files in its output folder (the cache keeps the originals)."""
     _ensure(folder)
+    placed = []
     for src in files:
         dst = folder / src.name
         tmp = folder / f".{src.name}.{os.getpid()}.partial"
         shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
+        placed.append(dst)
+    return placed
 
 
 def _write(path: Path, text: str) -> None:
