@@ -182,7 +182,8 @@ def test_a_budget_fails_the_build_naming_the_cell_and_keep_going_builds_the_rest
     size = os.path.getsize(_project(tmp_path) / "conv.onnx")
     budget = f"[targets.onnxruntime.budgets]\nmax_size_mib = {size / 2**20 / 1000:.9f}"
     _project(tmp_path, budgets=budget)
-    done = _cli(tmp_path)
+    # one job at a time: which jobs a failure leaves unstarted is then the plan's order
+    done = _cli(tmp_path, "-j", "1")
     assert done.returncode == 10
     lines = [line for line in done.stderr.splitlines() if "error" in line]
     assert len(lines) == 1 and "conv/onnxruntime/fp32 max_size_mib" in lines[0]
@@ -217,6 +218,21 @@ def test_a_budget_fails_the_build_naming_the_cell_and_keep_going_builds_the_rest
             "targets.onnxruntime.budgets: unknown key 'max_size'",
         ),
         ("version = 1\n[models\n", "not valid TOML"),
+        (
+            'version = 1\n[models.m]\npath = "x.onnx"\n[targets.onnxruntime]\n'
+            'precisions = ["fp32"]\ndevices = ["local", "pi"]\n',
+            "targets.onnxruntime.devices: no device 'pi'; define [devices.pi]",
+        ),
+        (
+            'version = 1\n[models.m]\npath = "x.onnx"\n[targets.onnxruntime]\n'
+            'precisions = ["fp32"]\n[devices.pi]\nurl = "ssh://-oProxyCommand=x"\n',
+            "devices.pi.url:",
+        ),
+        (
+            'version = 1\n[models.m]\npath = "x.onnx"\n[targets.onnxruntime]\n'
+            'precisions = ["fp32"]\n[devices.pi]\nurl = "ssh://pi@host"\nuser = "x"\n',
+            "devices.pi: unknown key 'user'",
+        ),
     ],
 )
 def test_config_errors_name_the_key(tmp_path, text, message):
@@ -248,3 +264,99 @@ def test_pareto_front_by_hand():
     # (3, 4) is beaten by (2, 3) and (1.5, 6) by (1, 5); ties in one coordinate do not dominate
     points = [(1, 5), (2, 3), (3, 4), (1.5, 6), (4, 1), (4, 1.5)]
     assert pareto(points) == [0, 1, 4]
+
+
+RAY_CONFIG = """version = 1
+[models.conv]
+path = "conv.onnx"
+[models.wide]
+path = "wide.onnx"
+[data]
+calibration = "random"
+calibration_samples = 8
+eval_samples = 8
+[targets.onnxruntime]
+precisions = ["fp32", "int8"]
+[targets.openvino]
+precisions = ["fp32", "int8"]
+[bench]
+runs = 0
+"""
+
+
+@pytest.fixture
+def ray_cluster(tmp_path):
+    """A real local Ray cluster, started here with the ray command and stopped after."""
+    ray = Path(sys.executable).parent / "ray"
+    if not ray.exists():
+        pytest.skip("ray is not installed (pip install 'edgekit[ray]')")
+    port = _free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    start = [str(ray), "start", "--head", f"--port={port}", "--num-cpus=2"]
+    started = subprocess.run(
+        [*start, "--include-dashboard=false", "--disable-usage-stats"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert started.returncode == 0, started.stderr[-2000:]
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([str(ray), "stop", "--force"], capture_output=True, env=env, timeout=120)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_executor_builds_the_same_artifacts_as_the_local_pool(tmp_path, ray_cluster):
+    """The same config on a local process pool and on a Ray cluster, each with its own empty
+    caches (nothing converted is shared): every cell's artifact files hash the same."""
+    rng = np.random.default_rng(1)
+    onnx.save(
+        conv_model(rng.standard_normal((64, 16, 3, 3), np.float32), (1, 16, 8, 8)),
+        str(tmp_path / "conv.onnx"),
+    )
+    onnx.save(
+        conv_model(rng.standard_normal((32, 8, 3, 3), np.float32), (1, 8, 12, 12)),
+        str(tmp_path / "wide.onnx"),
+    )
+    (tmp_path / "edgekit.toml").write_text(RAY_CONFIG)
+    builds = {}
+    for name, args in {
+        "local": ["-j", "2"],
+        "ray": ["--executor", "ray", "--ray-address", ray_cluster],
+    }.items():
+        work = tmp_path / name
+        work.mkdir()
+        done = _cli(work, "-c", str(tmp_path / "edgekit.toml"), "-o", "out", "--json", *args)
+        assert done.returncode == 0, done.stderr[-3000:]
+        builds[name] = json.loads(done.stdout)
+        assert builds[name]["executor"] == name
+        for cell in builds[name]["cells"]:
+            folder = work / "out" / cell["model"] / cell["target"]
+            assert all(_sha(folder / f["name"]) == f["sha256"] for f in cell["files"])
+    local, ray = ({c["id"]: c for c in b["cells"]} for b in builds.values())
+    assert sorted(local) == sorted(ray) and len(local) == 8
+    for cell_id, cell in local.items():
+        assert cell["status"] == ray[cell_id]["status"] == "built"
+        model_files = [f for f in cell["files"] if f["role"] == "artifact"]
+        assert model_files, cell_id
+        assert model_files == [f for f in ray[cell_id]["files"] if f["role"] == "artifact"]
+        assert cell["artifact_sha256"] == ray[cell_id]["artifact_sha256"]
+
+
+def test_ray_unreachable_is_a_device_error(tmp_path):
+    pytest.importorskip("ray")
+    _project(tmp_path)
+    done = _cli(tmp_path, "--executor", "ray", "--ray-address", f"127.0.0.1:{_free_port()}")
+    assert done.returncode == 8, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert "cannot join the Ray cluster" in lines[-1] and "Traceback" not in done.stderr
+    assert not (tmp_path / "edgekit-build").exists()

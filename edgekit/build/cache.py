@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,16 +46,28 @@ class CellCache:
             return None
         return {k: v for k, v in record.items() if k != "_files"}, files
 
-    def put(self, key: str, record: dict[str, Any], files: list[Path]) -> list[Path]:
-        """Store ``files`` and ``record`` under ``key``; the stored files' paths."""
+    def put(self, key: str, record: dict[str, Any], files: Mapping[str, bytes]) -> list[Path]:
+        """Store ``files`` (name -> bytes) and ``record`` under ``key``; the stored files'
+        paths."""
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key[:12]}-", dir=self.root))
-        for f in files:
-            shutil.copyfile(f, tmp / f.name)
-        (tmp / RECORD).write_text(json.dumps({**record, "_files": [f.name for f in files]}))
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        (tmp / RECORD).write_text(json.dumps({**record, "_files": sorted(files)}))
         entry = self.root / key
         try:
             os.replace(tmp, entry)
         except OSError:  # another build stored it first: theirs is as good
             shutil.rmtree(tmp, ignore_errors=True)
-        return [entry / f.name for f in files]
+        return [entry / name for name in sorted(files)]
+
+    def update(self, key: str, record: dict[str, Any]) -> None:
+        """Replace an entry's record (timings added after the export), atomically."""
+        path = self.root / key / RECORD
+        try:
+            names = json.loads(path.read_text())["_files"]
+        except (OSError, ValueError, KeyError):
+            return  # the entry is gone (cache cleared meanwhile): nothing to keep
+        tmp = path.with_name(f".{RECORD}.{os.getpid()}.partial")
+        tmp.write_text(json.dumps({**record, "_files": names}))
+        os.replace(tmp, path)

@@ -19,16 +19,23 @@
     precisions = ["fp32", "int8"]
     [targets.onnxruntime.recipe]         # Recipe fields for the target's cells (as export's)
     keep_float = ["head"]
+    devices = ["local", "pi"]            # where its cells are timed (default: ["local"])
     [targets.onnxruntime.budgets]        # gates: a cell over one fails the build (exit 10)
     max_size_mib = 2.0                   # artifact size
     min_top1_agreement = 0.98            # with the FP32 source on the eval samples
     min_cosine = 0.99
-    max_p50_ms = 5.0                     # measured here, 1 thread, one cell at a time
+    max_p50_ms = 5.0                     # on every device of the target, 1 thread, one cell
+    max_p90_ms = 6.0                     #   at a time per device
     max_peak_mib = 200                   # the runtime's memory increase running the model
 
-    [bench]                              # every cell is timed on this machine
+    [devices.pi]                         # a device to time on ("local" is always there)
+    url = "ssh://pi@raspberrypi.local"   # ssh://user@host[:port] or adb://SERIAL
+    remote_python = "/home/pi/venv/bin/python"   # and what edgekit.benchmark takes:
+    # ssh_config = "~/.ssh/config"       # ssh_options, benchmark_binary, connect_timeout
+
+    [bench]                              # how every cell is timed
     runs = 30                            # counted runs per cell (0: no timing, no p50 budget)
-    # pin = 1                            # the CPU the runner is pinned to
+    # pin = 1                            # the CPU the runner is pinned to (local device)
 
 Entry points run code: a config is trusted like a Makefile or a CI file, never downloaded.
 """
@@ -45,7 +52,25 @@ from typing import Any
 from edgekit.errors import UsageError
 
 SCHEMA_VERSION = 1
-BUDGETS = ("max_size_mib", "min_top1_agreement", "min_cosine", "max_p50_ms", "max_peak_mib")
+BUDGETS = (
+    "max_size_mib",
+    "min_top1_agreement",
+    "min_cosine",
+    "max_p50_ms",
+    "max_p90_ms",
+    "max_peak_mib",
+)
+#: budgets measured on a device: checked on every device the target is timed on
+DEVICE_BUDGETS = ("max_p50_ms", "max_p90_ms", "max_peak_mib")
+#: [devices.NAME] keys besides url: edgekit.benchmark's keyword arguments of the same name
+DEVICE_OPTIONS = (
+    "remote_python",
+    "ssh_config",
+    "ssh_options",
+    "benchmark_binary",
+    "connect_timeout",
+    "timeout",
+)
 
 
 @dataclass(frozen=True)
@@ -64,6 +89,16 @@ class TargetSpec:
     budgets: dict[str, float] = field(default_factory=dict)
     #: export keyword fields for every cell of the target (Recipe fields: keep_float, ...)
     recipe: dict[str, Any] = field(default_factory=dict)
+    devices: tuple[str, ...] = ("local",)
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """A device cells are timed on: ``url`` as ``edgekit benchmark --device`` takes it."""
+
+    name: str
+    url: str = "local"
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -79,6 +114,7 @@ class BuildConfig:
     targets: tuple[TargetSpec, ...]
     data: dict[str, Any]
     bench: BenchSpec = field(default_factory=BenchSpec)
+    devices: dict[str, DeviceSpec] = field(default_factory=lambda: {"local": DeviceSpec("local")})
 
     @property
     def root(self) -> Path:
@@ -127,7 +163,7 @@ def load_config(path: str | Path) -> BuildConfig:
         raw = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: not valid TOML: {exc}") from exc
-    _unknown(raw, ("version", "models", "data", "targets", "bench"), "top level")
+    _unknown(raw, ("version", "models", "data", "targets", "devices", "bench"), "top level")
     version = raw.get("version")
     if version != SCHEMA_VERSION:
         raise _bad(
@@ -157,7 +193,7 @@ def load_config(path: str | Path) -> BuildConfig:
     for name, table in _table(raw.get("targets", {}), "targets").items():
         where = f"targets.{name}"
         table = _table(table, where)
-        _unknown(table, ("precisions", "budgets", "recipe"), where)
+        _unknown(table, ("precisions", "budgets", "recipe", "devices"), where)
         precisions = table.get("precisions")
         if not isinstance(precisions, list) or not precisions:
             raise _bad(f"{where}.precisions", "expected a non-empty list such as ['fp32', 'int8']")
@@ -174,8 +210,21 @@ def load_config(path: str | Path) -> BuildConfig:
             raise _bad(
                 f"{where}.recipe", f"unknown field {unknown[0]!r}; Recipe fields are {known}"
             )
+        devices = table.get("devices", ["local"])
+        if (
+            not isinstance(devices, list)
+            or not devices
+            or not all(isinstance(d, str) for d in devices)
+        ):
+            raise _bad(f"{where}.devices", "expected a non-empty list of device names")
         targets.append(
-            TargetSpec(name, tuple(precisions), {k: float(v) for k, v in budgets.items()}, recipe)
+            TargetSpec(
+                name,
+                tuple(precisions),
+                {k: float(v) for k, v in budgets.items()},
+                recipe,
+                tuple(dict.fromkeys(devices)),
+            )
         )
     if not models or not targets:
         raise _bad("top level", "needs at least one [models.NAME] and one [targets.NAME]")
@@ -187,12 +236,45 @@ def load_config(path: str | Path) -> BuildConfig:
         raise _bad("bench.runs", f"expected an integer >= 0, got {runs!r}")
     if pin is not None and (not isinstance(pin, int) or pin < 0):
         raise _bad("bench.pin", f"expected a CPU number, got {pin!r}")
+    known = _devices(_table(raw.get("devices", {}), "devices"), path.resolve().parent)
     for target in targets:
-        if runs == 0 and {"max_p50_ms", "max_peak_mib"} & set(target.budgets):
+        if runs == 0 and set(DEVICE_BUDGETS) & set(target.budgets):
             raise _bad(
                 f"targets.{target.name}.budgets", "latency/memory budgets need bench.runs > 0"
             )
-    return BuildConfig(path.resolve(), tuple(models), tuple(targets), data, BenchSpec(runs, pin))
+        for name in target.devices:
+            if name not in known:
+                raise _bad(
+                    f"targets.{target.name}.devices",
+                    f"no device {name!r}; define [devices.{name}] with a url, or use local",
+                )
+    return BuildConfig(
+        path.resolve(), tuple(models), tuple(targets), data, BenchSpec(runs, pin), known
+    )
+
+
+def _devices(raw: Mapping[str, Any], root: Path) -> dict[str, DeviceSpec]:
+    from edgekit.bench.devices import resolve
+
+    found = {"local": DeviceSpec("local")}
+    for name, table in raw.items():
+        where = f"devices.{name}"
+        table = _table(table, where)
+        if name == "local":
+            raise _bad(where, "local is this machine and takes no settings; name yours otherwise")
+        _unknown(table, ("url", *DEVICE_OPTIONS), where)
+        url = table.get("url")
+        if not isinstance(url, str) or not url:
+            raise _bad(f"{where}.url", "expected ssh://user@host[:port] or adb://SERIAL")
+        try:
+            resolve(url)  # parses the url strictly, connects to nothing
+        except UsageError as exc:
+            raise _bad(f"{where}.url", str(exc)) from exc
+        options = {k: v for k, v in table.items() if k != "url"}
+        if "ssh_config" in options:  # relative to this file, like every path in it
+            options["ssh_config"] = str(root / Path(str(options["ssh_config"])).expanduser())
+        found[name] = DeviceSpec(name, url, options)
+    return found
 
 
 def _recipe_fields() -> set[str]:

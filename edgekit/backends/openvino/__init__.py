@@ -46,6 +46,7 @@ from edgekit.backends.openvino.runtime import (
     load_openvino,
     openvino_version,
     quiet,
+    save_ir,
 )
 from edgekit.backends.openvino.session import OvSession, check_device, shared_core
 from edgekit.errors import ConversionError, DataError, DeviceError, ModelFormatError, UsageError
@@ -187,13 +188,13 @@ class OpenVinoBackend:
 
     def convert(self, source: SourceModel, folder: Path) -> Converted:
         """The source as an FP32 IR with the source's static shapes and I/O names."""
-        ov = load_openvino()
+        load_openvino()
         scratch = folder / ".work"
         scratch.mkdir()
         try:
             model = convert_source(source, scratch)
             # Uncompressed: fp16 is a precision of its own, chosen at quantize time.
-            ov.save_model(model, str(folder / "model.xml"), compress_to_fp16=False)
+            save_ir(model, str(folder / "model.xml"), compress_to_fp16=False)
         except ConversionError:
             raise
         except Exception as exc:
@@ -211,7 +212,7 @@ class OpenVinoBackend:
         workdir: Path,
         stem: str,
     ) -> ExportOutput:
-        ov = load_openvino()
+        load_openvino()
         model = shared_core().read_model(str(converted.path("model.xml")))
         details: dict[str, Any] = {"route": converted.meta["route"]}
         if not source.size_bytes:
@@ -253,7 +254,7 @@ class OpenVinoBackend:
         xml = workdir / f"{stem}{self.suffix}"
         compress = recipe.precision == "fp16"
         try:
-            ov.save_model(model, str(xml), compress_to_fp16=compress)
+            save_ir(model, str(xml), compress_to_fp16=compress)
         except Exception as exc:
             raise ConversionError(f"OpenVINO could not save the IR: {error_text(exc)}") from exc
         details.update(

@@ -12,6 +12,7 @@ import contextlib
 import importlib.metadata
 import io
 import logging
+import re
 import sys
 import warnings
 from collections.abc import Iterator
@@ -74,3 +75,19 @@ def quiet() -> Iterator[None]:
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
+
+
+_AUTO_NAME = re.compile(r"([A-Za-z0-9]+)_(\d+)")
+
+
+def save_ir(model: Any, xml: str, compress_to_fp16: bool) -> None:
+    """``ov.save_model`` with reproducible names: OpenVINO names a node it creates (NNCF's
+    weight Convert, a Constant) ``<Type>_<n>`` from a counter global to the process, so the
+    same export in another process (a pool or Ray worker, a later build) wrote a different
+    XML. Those names, and only those (type and prefix agree), become ``<Type>_<position>``."""
+    ov = load_openvino()
+    for position, op in enumerate(model.get_ordered_ops()):
+        found = _AUTO_NAME.fullmatch(op.get_friendly_name())
+        if found and found.group(1) == op.get_type_name():
+            op.set_friendly_name(f"{found.group(1)}_{position}")
+    ov.save_model(model, xml, compress_to_fp16=compress_to_fp16)
