@@ -3,6 +3,9 @@
 Public API (imports are lazy so that ``import edgekit`` and ``edgekit --help`` stay fast)::
 
     import edgekit
+    from edgekit.compress import FineTune, Prune
+    small = edgekit.compress("model.pt2", [Prune(0.5), FineTune(epochs=2)], data="images/",
+                             output_dir="out")          # out/model.pt2 + model.compress.json
     report = edgekit.export("model.onnx", target="onnxruntime", precision="int8",
                             calibration="calibration_data/digits", output_dir="out")
     session = edgekit.load("out/model_int8.onnx")
@@ -30,6 +33,7 @@ __all__ = [
     "TensorSpec",
     "__version__",
     "benchmark",
+    "compress",
     "describe",
     "evaluate",
     "export",
@@ -46,6 +50,7 @@ if TYPE_CHECKING:
     from edgekit.bench import benchmark
     from edgekit.bench.schema import BenchmarkResult
     from edgekit.calibration import ImageOptions, load_samples
+    from edgekit.compress.api import compress
     from edgekit.errors import EdgekitError
     from edgekit.evaluation import EvaluationReport, evaluate
     from edgekit.exporter import ExportReport, export
@@ -78,6 +83,12 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
+    if name == "compress":
+        # The package itself (callable as edgekit.compress.api.compress): importing any of
+        # its modules binds edgekit.compress to it anyway, see edgekit/compress/__init__.py.
+        import importlib
+
+        return importlib.import_module("edgekit.compress")
     if name in _LAZY:
         import importlib
 

@@ -180,11 +180,25 @@ def _parser() -> argparse.ArgumentParser:
     chk.add_argument(
         "--warn-top1", type=float, metavar="X", help="warn below this top-1 agreement (0.98)"
     )
+    _compress_flags(exp, standalone=False)
     exp.add_argument(
         "--device", help="accelerator to check the artifact on, e.g. CPU, GPU, NPU, AUTO"
     )
     exp.add_argument("--json", action="store_true", help="print the report as JSON")
     exp.add_argument("--quiet", "-q", action="store_true", help="no stage lines on stderr")
+
+    cmp = sub.add_parser(
+        "compress",
+        help="prune / factor / fine-tune a PyTorch .pt2 or Keras model before export",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cmp.add_argument("model", help=".pt2 (torch.export) or .keras file")
+    cmp.add_argument("-o", "--output-dir", default="edgekit-out", help="default: edgekit-out")
+    cmp.add_argument("--name", help="output file name stem (default: the model's)")
+    _compress_flags(cmp, standalone=True)
+    cmp.add_argument("--json", action="store_true", help="print the reports as JSON")
+    cmp.add_argument("--quiet", "-q", action="store_true", help="no stage lines on stderr")
 
     ins = sub.add_parser("inspect", help="show a model's format, I/O, parameters and ops")
     ins.add_argument("model")
@@ -311,9 +325,174 @@ def _parser() -> argparse.ArgumentParser:
         help="an earlier build's manifest.json (or folder): flag larger, slower or less "
         "accurate cells (exit 11)",
     )
+    bd.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="where cells are exported: a local process pool (default) or a Ray cluster "
+        "(pip install 'edgekit[ray]'); benchmarks stay one at a time per device",
+    )
+    bd.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="the Ray cluster to join (default: $RAY_ADDRESS, else a local cluster)",
+    )
+    bd.add_argument(
+        "--jobs",
+        "-j",
+        type=_int_at_least(1),
+        help="cells exported at once (default: the CPU count for local, the cluster for ray)",
+    )
     bd.add_argument("--json", action="store_true", help="print the manifest as JSON")
     bd.add_argument("--quiet", "-q", action="store_true", help="no stage lines on stderr")
     return parser
+
+
+def _ratio(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+
+
+def _n_m(text: str) -> tuple[int, int]:
+    try:
+        n, m = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N:M such as 2:4, got '{text}'") from None
+    return n, m
+
+
+def _compress_flags(parser: argparse.ArgumentParser, standalone: bool) -> None:
+    """The compress passes' flags, the same on ``compress`` and ``export`` (which compresses
+    first, then exports the compressed model). Passes run as prune, low-rank, fine-tune."""
+    title = "compress passes" if standalone else "compress first (PyTorch / Keras sources)"
+    g = parser.add_argument_group(title)
+    g.add_argument("--prune", type=_ratio, metavar="RATIO", help="fraction to remove (0-1)")
+    kind = g.add_mutually_exclusive_group()
+    kind.add_argument(
+        "--structured", action="store_true", help="remove whole channels (the default)"
+    )
+    kind.add_argument(
+        "--unstructured", action="store_true", help="zero single weights (only zip size drops)"
+    )
+    g.add_argument(
+        "--criterion",
+        choices=("magnitude", "gradient", "taylor", "importance"),
+        default="magnitude",
+        help="what ranks channels/weights (default magnitude; gradient/taylor/importance "
+        "use --data)",
+    )
+    g.add_argument("--scope", choices=("global", "layer"), default="layer", help="default layer")
+    g.add_argument(
+        "--ignore",
+        action="extend",
+        nargs="+",
+        metavar="REGEX",
+        help="layers left alone (regex searched in the layer name)",
+    )
+    g.add_argument("--round-to", type=_positive_int, metavar="N", help="kept channels, default 8")
+    g.add_argument("--n-m", type=_n_m, metavar="N:M", help="N:M sparsity, e.g. 2:4")
+    g.add_argument("--low-rank", choices=("svd", "tucker", "cp"), help="factor layers")
+    rank = g.add_mutually_exclusive_group()
+    rank.add_argument("--rank-energy", type=_ratio, metavar="F", help="default 0.9")
+    rank.add_argument("--rank", type=_positive_int, metavar="R")
+    rank.add_argument("--param-budget", type=_ratio, metavar="F", help="params kept per layer")
+    if standalone:
+        g.add_argument("--data", metavar="PATH", help="training data: image folder, .npy or .npz")
+        g.add_argument(
+            "--eval-data",
+            metavar="PATH",
+            help="held-out data for the metric (default: a fifth of --data)",
+        )
+    else:
+        g.add_argument(
+            "--data", metavar="PATH", help="compress training data (default: --calibration)"
+        )
+    g.add_argument(
+        "--labels", metavar="PATH", help=".npy of class ids for --data (or use class folders)"
+    )
+    g.add_argument("--finetune-epochs", type=_positive_int, metavar="N")
+    g.add_argument(
+        "--finetune",
+        choices=("labels", "distill"),
+        help="fine-tune loss (default: labels with --labels, else distill)",
+    )
+
+
+def _passes(args: argparse.Namespace) -> list[Any]:
+    from edgekit.compress.passes import FineTune, LowRank, Prune
+
+    passes: list[Any] = []
+    prune_only = [
+        f
+        for f, v in (
+            ("--unstructured", args.unstructured),
+            ("--structured", args.structured),
+            ("--ignore", args.ignore),
+            ("--round-to", args.round_to),
+            ("--n-m", args.n_m),
+        )
+        if v
+    ]
+    if args.prune is not None:
+        fields: dict[str, Any] = {
+            "structured": not args.unstructured,
+            "criterion": args.criterion,
+            "scope": args.scope,
+            "ignore": tuple(args.ignore or ()),
+            "n_m": args.n_m,
+        }
+        if args.round_to:
+            fields["round_to"] = args.round_to
+        passes.append(Prune(args.prune, **fields))
+    elif prune_only:
+        raise UsageError(f"{prune_only[0]} shapes pruning: add --prune RATIO")
+    if args.low_rank:
+        passes.append(
+            LowRank(
+                args.low_rank,
+                energy=args.rank_energy,
+                rank=args.rank,
+                param_budget=args.param_budget,
+                ignore=tuple(args.ignore or ()),
+            )
+        )
+    elif args.rank_energy is not None or args.rank or args.param_budget is not None:
+        raise UsageError("--rank-energy/--rank/--param-budget choose a rank: add --low-rank")
+    if args.finetune_epochs or args.finetune:
+        mode = args.finetune or ("labels" if args.labels else "distill")
+        passes.append(FineTune(epochs=args.finetune_epochs or 2, mode=mode))
+    return passes
+
+
+def _print_compress(result: Any) -> None:
+    print(result.table())
+
+
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from edgekit import progress
+
+    progress.QUIET = args.quiet
+    passes = _passes(args)
+    if not passes:
+        raise UsageError("nothing to do: give --prune, --low-rank and/or --finetune-epochs")
+    from edgekit.compress.api import compress
+
+    result = compress(
+        args.model,
+        passes,
+        data=args.data,
+        labels=args.labels,
+        eval_data=args.eval_data,
+        output_dir=args.output_dir,
+        name=args.name,
+    )
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2, default=str))
+    else:
+        _print_compress(result)
+    return 0
 
 
 def _seconds(text: str) -> float:
@@ -392,6 +571,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from edgekit.model import parse_input_shapes
 
     image_options = _image_options(args)
+    passes = _passes(args)
+    if passes:
+        return _compress_then_export(args, passes, image_options)
     reports = export(
         args.model,
         target=args.target,
@@ -416,6 +598,63 @@ def _cmd_export(args: argparse.Namespace) -> int:
     for i, report in enumerate(reports):
         if i:
             print()
+        _print_report(report)
+    return 0
+
+
+def _compress_then_export(args: argparse.Namespace, passes: list[Any], image_options: Any) -> int:
+    """``edgekit export --prune ...``: compress into a temporary folder, export that."""
+    import tempfile
+
+    from edgekit.compress.api import compress
+    from edgekit.exporter import export
+    from edgekit.model import parse_input_shapes
+
+    data = args.data
+    if data is None and args.calibration not in (None, "random"):
+        data = args.calibration
+    name = args.name or Path(args.model).name.split(".")[0]
+    with tempfile.TemporaryDirectory(prefix="edgekit-compress-") as tmp:
+        result = compress(
+            args.model,
+            passes,
+            data=data,
+            labels=args.labels,
+            eval_data=args.eval_data,
+            output_dir=tmp,
+            name=name,
+        )
+        reports = export(
+            str(result.path),
+            target=args.target,
+            precision=args.precision,
+            output_dir=args.output_dir,
+            calibration=args.calibration,
+            eval_data=args.eval_data,
+            input_shapes=parse_input_shapes(args.input_shape),
+            image_options=image_options,
+            name=name,
+            device=args.device,
+            force=args.force,
+            dynamic=args.dynamic,
+            **_recipe_fields(args),
+        )
+    if not isinstance(reports, list):
+        reports = [reports]
+    result.path = None  # it was a temporary file: the artifacts are what was written
+    summary = result.to_json()
+    line = "compressed first: " + "; ".join(
+        f"{r.kind} params {r.params_before} -> {r.params_after}" for r in result.reports
+    )
+    for report in reports:
+        report.notes.append(line)
+    if args.json:
+        docs = [{**r.to_json(), "compress": summary} for r in reports]
+        print(json.dumps(docs if len(docs) > 1 else docs[0], indent=2, default=str))
+        return 0
+    _print_compress(result)
+    for report in reports:
+        print()
         _print_report(report)
     return 0
 
@@ -656,6 +895,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
             use_cache=not args.no_cache,
             keep_going=args.keep_going,
             baseline=args.baseline,
+            executor=args.executor,
+            ray_address=args.ray_address,
+            jobs=args.jobs,
         )
     except (BudgetError, RegressionError) as exc:
         # Everything was written; the summary says which cell missed which budget.
@@ -673,6 +915,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 _COMMANDS = {
     "build": _cmd_build,
+    "compress": _cmd_compress,
     "export": _cmd_export,
     "inspect": _cmd_inspect,
     "targets": _cmd_targets,

@@ -158,6 +158,8 @@ _SAME_NAME = [
     "--percentile",
     "--eval-data",
     "--eval-samples",
+    "--data",
+    "--labels",
     "--seed",
     "--reduce-range",
     "--keep-float",

@@ -187,7 +187,9 @@ class CompressData:
 
     ``train`` feeds the criteria (gradient/Taylor/importance), CP/Tucker checks and fine-tuning;
     ``eval`` is held out and only measured. ``original`` is the uncompressed model: the teacher
-    of distill-mode fine-tuning and the reference of the agreement metric.
+    of distill-mode fine-tuning and the reference of the agreement metric. ``example`` is one
+    feed at the model's traced shapes (PyTorch traces the graph with it: torch-pruning's
+    dependency graph, the re-export).
     """
 
     train: dict[str, Any] | None = None
@@ -195,3 +197,4 @@ class CompressData:
     eval: dict[str, Any] | None = None
     eval_labels: Any = None
     original: Any = None
+    example: dict[str, Any] | None = None
