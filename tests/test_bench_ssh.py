@@ -284,3 +284,35 @@ def test_ssh_copy_timeout_is_not_retried_with_legacy_scp(sshd, tmp_path):
             assert dev._legacy_scp is False
         finally:
             dev.close()
+
+
+def test_build_times_each_cell_on_local_and_an_ssh_device(sshd, onnx_file, tmp_path):
+    """edgekit build with a target timed on two devices: this machine and an ssh device (the
+    real sshd above). Each device's figures are in the manifest, and a latency budget is
+    checked on each, naming the device that missed it."""
+    from edgekit.build import build
+    from edgekit.errors import BudgetError
+
+    user, port, d = sshd
+    shutil.copy(onnx_file, tmp_path / "linear.onnx")
+    (tmp_path / "edgekit.toml").write_text(
+        "version = 1\n[models.linear]\npath = 'linear.onnx'\ninput_shapes = { x = [1, 16] }\n"
+        "[targets.onnxruntime]\nprecisions = ['fp32']\ndevices = ['local', 'box']\n"
+        "[targets.onnxruntime.budgets]\nmax_p50_ms = 1e-6\n"
+        f"[devices.box]\nurl = 'ssh://{user}@127.0.0.1:{port}'\n"
+        f"remote_python = '{sys.executable}'\nssh_config = '{d / 'ssh_config'}'\n"
+        "[bench]\nruns = 10\n"
+    )
+    with pytest.raises(BudgetError, match=r"linear/onnxruntime/fp32 max_p50_ms on local"):
+        build(tmp_path / "edgekit.toml", tmp_path / "out", cache_dir=tmp_path / "cache")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    (cell,) = manifest["cells"]
+    assert set(cell["devices"]) == {"local", "box"}
+    assert cell["devices"]["box"]["url"] == f"ssh://{user}@127.0.0.1:{port}"
+    for figures in cell["devices"].values():
+        t = figures["timing_ms"]
+        assert t["runs"] == 10 and 0 < t["min"] <= t["p50"] <= t["max"]
+    assert cell["p50_ms"] == cell["devices"]["local"]["timing_ms"]["p50"]
+    budgets = {b["device"]: b for b in cell["budgets"]}
+    assert set(budgets) == {"local", "box"} and not any(b["ok"] for b in budgets.values())
+    assert budgets["box"]["value"] == cell["devices"]["box"]["timing_ms"]["p50"]

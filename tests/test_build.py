@@ -105,8 +105,8 @@ def test_cache_reuses_unchanged_cells_and_rebuilds_a_changed_one(tmp_path):
     assert onnx_files(fresh["cells"][0]) == onnx_files(changed["cells"][0])
 
 
-def _check_report(path: Path, cells: int) -> None:
-    """Self-contained (no script, nothing fetched) and its three plots are real PNG images."""
+def _check_report(path: Path, cells: int, plots: int = 3) -> None:
+    """Self-contained (no script, nothing fetched) and its plots are real PNG images."""
     import base64
     import re
 
@@ -114,7 +114,7 @@ def _check_report(path: Path, cells: int) -> None:
     assert "<script" not in text and "http://" not in text and "https://" not in text
     assert text.count("<tr") == cells + 1
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
-    assert len(images) == 3
+    assert len(images) == plots
     for data in images:
         png = base64.b64decode(data)
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
@@ -360,3 +360,35 @@ def test_ray_unreachable_is_a_device_error(tmp_path):
     lines = done.stderr.strip().splitlines()
     assert "cannot join the Ray cluster" in lines[-1] and "Traceback" not in done.stderr
     assert not (tmp_path / "edgekit-build").exists()
+
+
+def test_sensitivity_the_accuracy_gate_measured_is_in_the_manifest_and_plotted(tmp_path):
+    """A target whose recipe sets max_accuracy_drop: the gate quantizes each layer alone; the
+    manifest carries those measurements (one per layer of the backend's list, the gate's float
+    layers among them) and the report plots them."""
+    (tmp_path / "edgekit.toml").write_text(
+        "version = 1\n[models.digits]\nentry = 'edgekit.samples:sample_pt2'\n"
+        "[data]\ncalibration = 'edgekit.samples:sample_calibration'\n"
+        "eval = 'edgekit.samples:sample_eval'\ncalibration_samples = 32\neval_samples = 50\n"
+        "[targets.onnxruntime]\nprecisions = ['int8']\n[targets.onnxruntime.recipe]\n"
+        "max_accuracy_drop = 0.0001\nmetric = 'cosine'\n[bench]\nruns = 0\n"
+    )
+    done = _cli(tmp_path, "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    (cell,) = json.loads(done.stdout)["cells"]
+    measured = cell["sensitivity"]
+    sidecar = json.loads(
+        next(
+            (tmp_path / "edgekit-build" / "digits" / "onnxruntime").glob("*.edgekit.json")
+        ).read_text()
+    )
+    names = [s["name"] for s in measured["layers"]]
+    # the digits CNN: 3 convs and 2 linears, each measured once
+    assert len(names) == len(set(names)) == 5
+    assert measured["float_layers"] and set(measured["float_layers"]) <= set(names)
+    assert measured["metric"] == "cosine"
+    assert all(s["drop"] >= 0 for s in measured["layers"])
+    assert sidecar["recipe"]["max_accuracy_drop"] == 0.0001
+    text = (tmp_path / "edgekit-build" / "report.html").read_text()
+    assert "Per-layer sensitivity: digits/onnxruntime/int8" in text
+    _check_report(tmp_path / "edgekit-build" / "report.html", cells=1, plots=2)

@@ -99,6 +99,14 @@ def _output(precision: str, report: Any) -> CellOutput:
         "warnings": report.warnings,
         "artifact": Path(report.artifact).name,
     }
+    gate = report.gate.to_json() if hasattr(report.gate, "to_json") else report.gate
+    if gate and gate.get("sensitivity"):
+        # the accuracy gate measured each layer alone: the report plots it
+        record["sensitivity"] = {
+            "metric": gate.get("metric"),
+            "float_layers": gate.get("float_layers"),
+            "layers": gate["sensitivity"],
+        }
     return CellOutput(precision, record, {n: (folder / n).read_bytes() for n in names})
 
 

@@ -8,7 +8,10 @@ Plots (matplotlib, ``edgekit[report]``; without it the page has the tables only 
 * the size / latency trade-off, each cell a point coloured by its top-1 agreement with the FP32
   source, each model's Pareto front (no other artifact of that model both smaller and faster)
   joined by a line and its cells ringed;
-* accuracy per cell (top-1 agreement and cosine with the FP32 source).
+* accuracy per cell (top-1 agreement and cosine with the FP32 source);
+* per-layer sensitivity where it was measured (a target whose recipe sets
+  ``max_accuracy_drop``: the accuracy gate quantizes each layer alone and measures the drop),
+  the layers the gate kept in float marked.
 """
 
 from __future__ import annotations
@@ -110,7 +113,28 @@ def _plots(cells: list[dict[str, Any]]) -> list[tuple[str, str]]:
         ax.set_xlabel("agreement with the FP32 source on the eval samples")
         out.append(("Accuracy per artifact", _png(fig)))
         plt.close(fig)
+    for c in cells:
+        measured = c.get("sensitivity") or {}
+        layers = sorted(measured.get("layers") or [], key=lambda s: -s["drop"])[:SENSITIVE_SHOWN]
+        if not layers:
+            continue
+        kept = set(measured.get("float_layers") or [])
+        fig, ax = plt.subplots(figsize=(7, 0.3 * len(layers) + 1.2))
+        colours = ["tab:red" if s["name"] in kept else "tab:blue" for s in layers]
+        ax.barh(range(len(layers)), [s["drop"] for s in layers], color=colours)
+        ax.set_yticks(range(len(layers)), [s["name"] for s in layers], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel(
+            f"{measured.get('metric') or 'metric'} drop with only that layer quantized, points "
+            "(red: kept float by the gate)"
+        )
+        out.append((f"Per-layer sensitivity: {c['id']}", _png(fig)))
+        plt.close(fig)
     return out
+
+
+#: the most sensitive layers a sensitivity plot shows
+SENSITIVE_SHOWN = 20
 
 
 def _row(c: dict[str, Any]) -> str:

@@ -117,6 +117,7 @@ class Cell:
                     "timing_ms",
                     "devices",
                     "recipe",
+                    "sensitivity",
                 )
             },
             "budgets": self.budgets,
