@@ -392,3 +392,49 @@ def test_sensitivity_the_accuracy_gate_measured_is_in_the_manifest_and_plotted(t
     text = (tmp_path / "edgekit-build" / "report.html").read_text()
     assert "Per-layer sensitivity: digits/onnxruntime/int8" in text
     _check_report(tmp_path / "edgekit-build" / "report.html", cells=1, plots=2)
+
+
+def test_compress_passes_of_a_target_run_before_its_export(tmp_path):
+    """A target with compress passes exports the pruned model: the ONNX artifact holds about
+    half the weights of the source .pt2 (counted here in both files), and the manifest says
+    what the pass did."""
+    import torch
+
+    from edgekit.samples import sample_pt2
+
+    (tmp_path / "edgekit.toml").write_text(
+        "version = 1\n[models.digits]\nentry = 'edgekit.samples:sample_pt2'\n"
+        "[data]\ncalibration = 'edgekit.samples:sample_calibration'\n"
+        "eval = 'edgekit.samples:sample_eval'\ncalibration_samples = 16\neval_samples = 20\n"
+        "[targets.onnxruntime]\nprecisions = ['fp32']\n"
+        "compress = [{ kind = 'prune', ratio = 0.5 }]\n[bench]\nruns = 0\n"
+    )
+    done = _cli(tmp_path, "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    (cell,) = json.loads(done.stdout)["cells"]
+    (prune,) = cell["compress"]
+    source = torch.export.load(str(sample_pt2())).state_dict
+    source_params = sum(v.numel() for v in source.values())
+    artifact = next((tmp_path / "edgekit-build" / "digits" / "onnxruntime").glob("*.onnx"))
+    weights = sum(
+        int(np.prod(t.dims)) for t in onnx.load(str(artifact)).graph.initializer if len(t.dims) > 1
+    )
+    assert prune["params_before"] == source_params
+    assert weights < 0.6 * source_params
+    assert prune["params_after"] < 0.6 * prune["params_before"]
+
+
+def test_a_compress_pass_on_an_onnx_model_is_refused_at_plan_time(tmp_path):
+    _project(tmp_path)
+    text = (tmp_path / "edgekit.toml").read_text()
+    text = text.replace(
+        '[targets.openvino]\nprecisions = ["fp32"]',
+        "[targets.openvino]\nprecisions = ['fp32']\ncompress = [{ kind = 'prune', ratio = 0.5 }]",
+    )
+    (tmp_path / "edgekit.toml").write_text(text)
+    done = _cli(tmp_path)
+    assert done.returncode == 2 and "cell conv/openvino: compress passes work on" in done.stderr
+    (tmp_path / "edgekit.toml").write_text(text.replace("ratio = 0.5", "ratio = 1.5"))
+    done = _cli(tmp_path)
+    assert done.returncode == 2 and "targets.openvino.compress[0]: prune ratio 1.5" in done.stderr
+    assert not (tmp_path / "edgekit-build").exists()

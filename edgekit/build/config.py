@@ -20,6 +20,9 @@
     [targets.onnxruntime.recipe]         # Recipe fields for the target's cells (as export's)
     keep_float = ["head"]
     devices = ["local", "pi"]            # where its cells are timed (default: ["local"])
+    compress = [{ kind = "prune", ratio = 0.5 }, { kind = "finetune", epochs = 1 }]
+                                         # passes before export (a .pt2/.keras model; data
+                                         # from the model's calibration and eval data)
     [targets.onnxruntime.budgets]        # gates: a cell over one fails the build (exit 10)
     max_size_mib = 2.0                   # artifact size
     min_top1_agreement = 0.98            # with the FP32 source on the eval samples
@@ -90,6 +93,8 @@ class TargetSpec:
     #: export keyword fields for every cell of the target (Recipe fields: keep_float, ...)
     recipe: dict[str, Any] = field(default_factory=dict)
     devices: tuple[str, ...] = ("local",)
+    #: compress passes (edgekit.compress.passes, as their sidecar dicts) run before export
+    compress: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -193,7 +198,7 @@ def load_config(path: str | Path) -> BuildConfig:
     for name, table in _table(raw.get("targets", {}), "targets").items():
         where = f"targets.{name}"
         table = _table(table, where)
-        _unknown(table, ("precisions", "budgets", "recipe", "devices"), where)
+        _unknown(table, ("precisions", "budgets", "recipe", "devices", "compress"), where)
         precisions = table.get("precisions")
         if not isinstance(precisions, list) or not precisions:
             raise _bad(f"{where}.precisions", "expected a non-empty list such as ['fp32', 'int8']")
@@ -210,6 +215,7 @@ def load_config(path: str | Path) -> BuildConfig:
             raise _bad(
                 f"{where}.recipe", f"unknown field {unknown[0]!r}; Recipe fields are {known}"
             )
+        compress = _passes(table.get("compress", []), f"{where}.compress")
         devices = table.get("devices", ["local"])
         if (
             not isinstance(devices, list)
@@ -224,6 +230,7 @@ def load_config(path: str | Path) -> BuildConfig:
                 {k: float(v) for k, v in budgets.items()},
                 recipe,
                 tuple(dict.fromkeys(devices)),
+                compress,
             )
         )
     if not models or not targets:
@@ -251,6 +258,22 @@ def load_config(path: str | Path) -> BuildConfig:
     return BuildConfig(
         path.resolve(), tuple(models), tuple(targets), data, BenchSpec(runs, pin), known
     )
+
+
+def _passes(raw: Any, where: str) -> tuple[dict[str, Any], ...]:
+    """Each pass checked now (a bad ratio is a config error before any work), kept as data."""
+    from edgekit.compress.passes import from_dict
+
+    if not isinstance(raw, list) or not all(isinstance(p, Mapping) for p in raw):
+        raise _bad(where, "expected a list of tables such as [{ kind = 'prune', ratio = 0.5 }]")
+    for i, p in enumerate(raw):
+        try:
+            from_dict(p)
+        except UsageError as exc:
+            raise _bad(f"{where}[{i}]", str(exc)) from exc
+        except TypeError as exc:  # a field the pass does not have
+            raise _bad(f"{where}[{i}]", str(exc).split(".__init__() ")[-1]) from exc
+    return tuple(dict(p) for p in raw)
 
 
 def _devices(raw: Mapping[str, Any], root: Path) -> dict[str, DeviceSpec]:

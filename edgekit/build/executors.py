@@ -40,6 +40,8 @@ class ExportJob:
     precisions: tuple[str, ...]
     kwargs: dict[str, Any] = field(default_factory=dict)
     quiet: bool = False
+    #: compress passes (their sidecar dicts) applied to the model before it is exported
+    compress: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass
@@ -78,13 +80,43 @@ def run_job(job: ExportJob) -> JobResult:
     started = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory(prefix="edgekit-build-") as work:
+            path, compressed = _compressed(job, Path(work)) if job.compress else (job.path, None)
             reports = edgekit.export(
-                job.path, job.target, list(job.precisions), output_dir=work, **job.kwargs
+                path, job.target, list(job.precisions), output_dir=work, **job.kwargs
             )
             outputs = [_output(p, r) for p, r in zip(job.precisions, reports, strict=True)]
+            for out in outputs:
+                out.record["compress"] = compressed
     except EdgekitError as exc:
         return JobResult(error=(type(exc).__name__, first_line(exc)))
     return JobResult(outputs, time.perf_counter() - started)
+
+
+def _compressed(job: ExportJob, work: Path) -> tuple[str, list[dict[str, Any]]]:
+    """The job's model after its compress passes, data from the model's calibration and eval
+    data; what each pass did, for the manifest."""
+    from edgekit.compress import api
+    from edgekit.compress.passes import from_dict
+
+    data = job.kwargs.get("calibration")
+    result = api.compress(
+        job.path,
+        [from_dict(p) for p in job.compress],
+        data=None if data == "random" else data,
+        eval_data=job.kwargs.get("eval_data"),
+        output_dir=work / "compressed",
+        name=Path(job.path).name.split(".")[0],
+    )
+    keep = ("kind", "params_before", "params_after", "macs_before", "macs_after")
+    summary = [
+        {
+            **{k: getattr(r, k) for k in keep},
+            "metric": r.metric_name,
+            "metric_after": r.metric_after,
+        }
+        for r in result.reports
+    ]
+    return str(result.path), summary
 
 
 def _output(precision: str, report: Any) -> CellOutput:

@@ -42,6 +42,8 @@ from edgekit.build.executors import ExportJob
 from edgekit.errors import BudgetError, EdgekitError, RegressionError, UsageError, first_line
 
 MANIFEST_SCHEMA = "edgekit-build-manifest/1"
+#: source formats edgekit.compress takes
+COMPRESSIBLE = ("torch", "keras")
 #: distributions whose versions make the toolchain lock (read from metadata, never imported)
 TOOLCHAIN = (
     "edgekit",
@@ -117,6 +119,7 @@ class Cell:
                     "timing_ms",
                     "devices",
                     "recipe",
+                    "compress",
                     "sensitivity",
                 )
             },
@@ -176,6 +179,11 @@ def plan(config: BuildConfig) -> tuple[list[_Model], list[Cell]]:
                     f"cell {model.spec.name}/{target.name}: {profile.backend} cannot export "
                     f"from a {model.format} model; remove the cell or give another model"
                 )
+            if target.compress and model.format not in COMPRESSIBLE:
+                raise UsageError(
+                    f"cell {model.spec.name}/{target.name}: compress passes work on a PyTorch "
+                    f"(.pt2) or Keras model, not {model.format}; remove the target's compress"
+                )
             for precision in target.precisions:
                 if precision not in caps.precisions:
                     raise UsageError(
@@ -200,6 +208,7 @@ def _key(
             "profile": repr(profile),
             "precision": precision,
             "recipe": target.recipe,
+            "compress": target.compress,
             "input_shapes": model.spec.input_shapes,
             "data": model.data_sha256,
             "samples": {k: model.data.get(k) for k in ("calibration_samples", "eval_samples")},
@@ -228,7 +237,13 @@ def _job(model: _Model, target: TargetSpec, precisions: list[str]) -> ExportJob:
         )
     kw.update({k: tuple(v) if isinstance(v, list) else v for k, v in target.recipe.items()})
     return ExportJob(
-        model.spec.name, str(model.path), target.name, tuple(precisions), kw, progress.QUIET
+        model.spec.name,
+        str(model.path),
+        target.name,
+        tuple(precisions),
+        kw,
+        progress.QUIET,
+        target.compress,
     )
 
 
