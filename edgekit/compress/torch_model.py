@@ -243,7 +243,8 @@ def _free_reshapes(graph: Any) -> None:
             node.args = (x, [-1, *shape[1:]])
 
 
-def _set_submodule(root: Any, dotted: str, mod: Any) -> None:
+def _parent(root: Any, dotted: str) -> tuple[Any, str]:
+    """The module that holds ``dotted`` (made on the way where missing) and the last name."""
     torch = _torch()
     parts = dotted.split(".")
     parent = root
@@ -251,23 +252,23 @@ def _set_submodule(root: Any, dotted: str, mod: Any) -> None:
         if not hasattr(parent, part):
             parent.add_module(part, torch.nn.Module())
         parent = getattr(parent, part)
-    parent.add_module(parts[-1], mod)
+    return parent, parts[-1]
+
+
+def _set_submodule(root: Any, dotted: str, mod: Any) -> None:
+    parent, name = _parent(root, dotted)
+    parent.add_module(name, mod)
 
 
 def _set_attr(root: Any, dotted: str, value: Any) -> None:
     torch = _torch()
-    parts = dotted.split(".")
-    parent = root
-    for part in parts[:-1]:
-        if not hasattr(parent, part):
-            parent.add_module(part, torch.nn.Module())
-        parent = getattr(parent, part)
+    parent, name = _parent(root, dotted)
     if isinstance(value, torch.nn.Parameter):
-        parent.register_parameter(parts[-1], value)
+        parent.register_parameter(name, value)
     elif isinstance(value, torch.Tensor):
-        parent.register_buffer(parts[-1], value)
+        parent.register_buffer(name, value)
     else:
-        setattr(parent, parts[-1], value)
+        setattr(parent, name, value)
 
 
 def _check_same(before: Any, after: Any, example_args: Sequence[Any]) -> None:
