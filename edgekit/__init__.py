@@ -35,6 +35,7 @@ __all__ = [
     "benchmark",
     "compress",
     "describe",
+    "distill",
     "evaluate",
     "export",
     "load",
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
     from edgekit.bench import benchmark
     from edgekit.bench.schema import BenchmarkResult
     from edgekit.calibration import ImageOptions, load_samples
-    from edgekit.compress.api import compress
+    from edgekit.compress.api import compress, distill
     from edgekit.errors import EdgekitError
     from edgekit.evaluation import EvaluationReport, evaluate
     from edgekit.exporter import ExportReport, export
@@ -75,6 +76,7 @@ _LAZY = {
     "Recipe": "edgekit.recipe",
     "benchmark": "edgekit.bench",
     "describe": "edgekit.model",
+    "distill": "edgekit.compress.api",
     "export": "edgekit.exporter",
     "load": "edgekit.session",
     "load_model": "edgekit.model",

@@ -418,6 +418,26 @@ def _compress_flags(parser: argparse.ArgumentParser, standalone: bool) -> None:
         choices=("labels", "distill"),
         help="fine-tune loss (default: labels with --labels, else distill)",
     )
+    g.add_argument(
+        "--distill-from",
+        metavar="TEACHER",
+        help="distill from this .pt2/.keras teacher (the model itself for --distill self)",
+    )
+    g.add_argument("--distill", choices=("offline", "online", "self", "data-free"))
+    g.add_argument("--alpha", type=float, help="hard-label loss weight (needs --labels)")
+    g.add_argument("--temperature", type=float, help="softening temperature T, default 4")
+    g.add_argument("--distill-epochs", type=_positive_int, metavar="N", help="default 10")
+    g.add_argument(
+        "--qat",
+        action="store_true",
+        help="quantization-aware training (last pass); export with --precision as-trained",
+    )
+    g.add_argument("--qat-epochs", type=_positive_int, metavar="N", help="QAT epochs, default 2")
+    g.add_argument(
+        "--qat-mode",
+        choices=("labels", "distill"),
+        help="QAT loss (default: labels with --labels, else distill)",
+    )
 
 
 def _passes(args: argparse.Namespace) -> list[Any]:
@@ -460,9 +480,32 @@ def _passes(args: argparse.Namespace) -> list[Any]:
         )
     elif args.rank_energy is not None or args.rank or args.param_budget is not None:
         raise UsageError("--rank-energy/--rank/--param-budget choose a rank: add --low-rank")
+    distill = {
+        "alpha": args.alpha,
+        "temperature": args.temperature,
+        "epochs": args.distill_epochs,
+        "mode": args.distill,
+    }
+    if args.distill_from or args.distill == "self":
+        from edgekit.compress.passes import Distill
+
+        fields = {k: v for k, v in distill.items() if v is not None}
+        passes.append(Distill(teacher=args.distill_from, **fields))
+    elif any(v is not None for v in distill.values()):
+        raise UsageError(
+            "--alpha/--temperature/--distill/--distill-epochs shape distillation: add "
+            "--distill-from TEACHER"
+        )
     if args.finetune_epochs or args.finetune:
         mode = args.finetune or ("labels" if args.labels else "distill")
         passes.append(FineTune(epochs=args.finetune_epochs or 2, mode=mode))
+    if args.qat:
+        from edgekit.compress.passes import QAT
+
+        mode = args.qat_mode or ("labels" if args.labels else "distill")
+        passes.append(QAT(epochs=args.qat_epochs or 2, mode=mode))
+    elif args.qat_epochs or args.qat_mode:
+        raise UsageError("--qat-epochs/--qat-mode shape quantization-aware training: add --qat")
     return passes
 
 

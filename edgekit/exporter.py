@@ -164,7 +164,7 @@ def _data(
             "random", source.inputs, limit=min(recipe.eval_samples, 16), seed=recipe.seed + 1
         )
         described = "random inputs (pass --eval-data or more calibration data for real ones)"
-    if calibration == "random":
+    if isinstance(calibration, str) and calibration == "random":
         described = "random inputs"
     return calib, held, described, labels
 
@@ -474,7 +474,7 @@ def _quantize_and_check(
         candidate,
         gate_json,
     )
-    if recipe.precision != "fp32" and local is not None:
+    if recipe.precision not in ("fp32", "as-trained") and local is not None:
         _speed_check(plan, recipe, source, fp32, (held or calib)[:1], workdir, checked)
     return checked
 
@@ -488,6 +488,7 @@ _COMPUTES = {
     "int8-dynamic": "float",
     "int8-weights": "float",
     "int4-weights": "float",
+    "as-trained": "int8",
 }
 
 

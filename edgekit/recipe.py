@@ -22,6 +22,8 @@ PRECISIONS: tuple[str, ...] = (
     "int16x8",
     "int8-weights",
     "int4-weights",
+    # a QAT model's own learned quantization, exported without recalibrating
+    "as-trained",
 )
 CALIBRATION_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
 IO_DTYPES: tuple[str, ...] = ("float", "int8", "uint8")

@@ -121,6 +121,7 @@ def _cells() -> list[Any]:
                 cells += [
                     pytest.param(backend, variant, p, id=f"{backend}-{variant}-{p}")
                     for p in caps.precisions
+                    if p != "as-trained"  # QAT sources only: tests/test_qat.py
                 ]
     return cells
 
@@ -292,7 +293,9 @@ def exports(digits, tmp_path_factory) -> Callable[[str, str, Source], Any]:
 
     def get(backend: str, variant: str, src: Source) -> Any:
         if (backend, variant) not in done:
-            precisions = list(get_backend(backend).capabilities.precisions)
+            precisions = [
+                p for p in get_backend(backend).capabilities.precisions if p != "as-trained"
+            ]
             out = tmp_path_factory.mktemp(f"{backend}-{variant}")
             try:
                 reports = _export(src, backend, precisions, digits, out)

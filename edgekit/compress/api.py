@@ -318,12 +318,14 @@ def compress(
         else:
             held, held_labels = train, train_labels
             described = "the training data (too few samples to hold some out)"
+    teacher, items_run = _teacher(fw, items, example_inputs)
     cdata = CompressData(
         train=train,
         train_labels=train_labels,
         eval=held,
         eval_labels=held_labels,
-        original=model,
+        # A distill pass's teacher is the reference model: agreement is measured against it
+        original=model if teacher is None else teacher,
         example=example,
     )
     out_dir = Path(output_dir) if output_dir is not None else None
@@ -332,7 +334,9 @@ def compress(
     stem = name or (source_path.name.split(".")[0] if source_path else "model")
     measure = _Measure(fw, example, cdata)
     try:
-        reports, current = _run_passes(fw, model, items, cdata, measure)
+        reports, current = _run_passes(fw, model, items_run, cdata, measure)
+        for r, p in zip(reports, items, strict=True):
+            r.config = to_dict(p)  # the teacher as given (its path), not the loaded copy
         metric_name = None
         if held is not None:
             metric_name = "top1" if held_labels is not None else "top1_agreement"
@@ -364,6 +368,33 @@ def compress(
     finally:
         measure.tmp.cleanup()
     return CompressResult(model=current, reports=reports, path=path, sidecar=sidecar)
+
+
+def _teacher(fw: Any, items: list[Pass], given: Any) -> tuple[Any, list[Pass]]:
+    """The one teacher the distill passes name, loaded (None: the model itself), and the
+    passes to run (their teacher then is ``CompressData.original``)."""
+    from dataclasses import replace
+
+    from edgekit.compress.passes import Distill, teacher_name
+
+    named = [p.teacher for p in items if isinstance(p, Distill) and p.teacher is not None]
+    if not named:
+        return None, items
+    if len({teacher_name(t) if isinstance(t, str | os.PathLike) else id(t) for t in named}) > 1:
+        raise UsageError("one teacher per compress run: the distill passes name different ones")
+    teacher = named[0]
+    if not fw.owns(teacher):
+        raise UsageError(
+            f"the teacher {teacher_name(teacher)} is not a model of the student's kind"
+        )
+    if isinstance(teacher, str | os.PathLike):
+        if not Path(teacher).exists():
+            raise ModelNotFoundError(f"teacher not found: {teacher}")
+        teacher = fw.load(Path(teacher))
+    elif hasattr(fw, "as_module"):
+        teacher = fw.as_module(teacher, given)
+    run = [replace(p, teacher=None) if isinstance(p, Distill) else p for p in items]
+    return teacher, run
 
 
 def _run_passes(
@@ -439,3 +470,46 @@ def _write(
         tmp_side.unlink(missing_ok=True)
         raise
     return path
+
+
+def distill(
+    teacher: Any,
+    student: Any,
+    data: Any = None,
+    *,
+    labels: Any = None,
+    eval_data: Any = None,
+    eval_labels: Any = None,
+    alpha: float | None = None,
+    temperature: float = 4.0,
+    mode: str = "offline",
+    epochs: int = 10,
+    example_inputs: Any = None,
+    output_dir: str | Path | None = None,
+    name: str | None = None,
+    **fields: Any,
+) -> CompressResult:
+    """Train ``student`` to match ``teacher`` on ``data``: the :class:`Distill` pass alone
+    (``alpha`` weighs the hard-label loss, only with ``labels``; without them the student
+    learns the teacher's softened outputs only). Other :class:`Distill` fields by keyword."""
+    from edgekit.compress.passes import Distill
+
+    step = Distill(
+        teacher=teacher,
+        alpha=alpha,
+        temperature=temperature,
+        mode=mode,  # type: ignore[arg-type]
+        epochs=epochs,
+        **fields,
+    )
+    return compress(
+        student,
+        [step],
+        data=data,
+        labels=labels,
+        eval_data=eval_data,
+        eval_labels=eval_labels,
+        example_inputs=example_inputs,
+        output_dir=output_dir,
+        name=name,
+    )

@@ -171,6 +171,14 @@ def apply(model: Any, p: Pass, data: CompressData) -> tuple[Any, list[dict], lis
         from edgekit.compress import keras_finetune
 
         return keras_finetune.apply(model, p, data)
+    if getattr(p, "kind", None) == "qat":
+        from edgekit.compress import keras_qat
+
+        return keras_qat.apply(model, p, data)
+    if getattr(p, "kind", None) == "distill":
+        from edgekit.compress import keras_distill
+
+        return keras_distill.apply(model, p, data)
     raise UsageError(f"unknown compress pass {p!r}")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from dataclasses import fields as dc_fields
 from typing import Any, Literal
 
 from edgekit.errors import UsageError
@@ -16,6 +17,7 @@ from edgekit.errors import UsageError
 CRITERIA = ("magnitude", "gradient", "taylor", "importance")
 LOW_RANK = ("svd", "tucker", "cp")
 FINETUNE = ("labels", "distill", "callback")
+DISTILL = ("offline", "online", "self", "data-free")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -126,16 +128,103 @@ class FineTune:
         )
 
 
-Pass = Prune | LowRank | FineTune
-PASSES: dict[str, type] = {"prune": Prune, "lowrank": LowRank, "finetune": FineTune}
+@dataclass(frozen=True)
+class Distill:
+    """Knowledge distillation: ``alpha*CE(s, y) + (1-alpha)*T^2*KL(softmax(t/T) || softmax(s/T))``.
+
+    ``teacher`` is a model or a path (None: the model handed to compress, before any pass);
+    ``alpha`` weighs the hard (label) loss, None meaning 0.5 with labels and 0 without.
+    ``mode`` "offline": frozen teacher; "online": the teacher trains too (on labels, else on
+    the student's outputs: mutual learning); "self": a frozen copy of the model as this pass
+    receives it teaches the model (born-again style; needs labels); "data-free": ``synthetic``
+    inputs optimized so the teacher's BatchNorm batch statistics match its running ones
+    (DeepInversion), then offline distillation on them. ``features`` "auto" also matches the
+    inputs of the last linear layers through a learned projection.
+    """
+
+    teacher: Any = field(default=None, compare=False)
+    alpha: float | None = None
+    temperature: float = 4.0
+    mode: Literal["offline", "online", "self", "data-free"] = "offline"
+    epochs: int = 10
+    lr: float = 1e-3
+    batch_size: int = 64
+    features: str | None = None
+    feature_weight: float = 1.0
+    synthetic: int = 512
+    synthetic_steps: int = 200
+    kind: Literal["distill"] = "distill"
+
+    def __post_init__(self) -> None:
+        _check(self.mode in DISTILL, f"distill mode {self.mode!r}: one of {DISTILL}")
+        if self.alpha is not None:
+            _check(0.0 <= self.alpha <= 1.0, f"alpha {self.alpha} must be between 0 and 1")
+        _check(self.temperature > 0, f"temperature {self.temperature} must be above 0")
+        _check(self.epochs >= 1, f"distill epochs {self.epochs} must be at least 1")
+        _check(self.lr > 0 and self.batch_size >= 2, "distill lr must be > 0, batch_size >= 2")
+        _check(self.features in (None, "auto"), "distill features: 'auto' or None")
+        _check(self.synthetic >= 2 and self.synthetic_steps >= 1, "synthetic counts must be >= 2")
+        _check(
+            not (self.mode == "self" and self.teacher is not None),
+            "self-distillation takes no teacher: the model teaches itself",
+        )
+
+
+QAT_MODES = ("labels", "distill")
+
+
+@dataclass(frozen=True)
+class QAT:
+    """Quantization-aware training: fake-quantize weights (int8 symmetric, per output channel
+    when ``per_channel``) and activations (int8 asymmetric, per tensor) the way the backends'
+    integer kernels compute, then train ``epochs`` on the data (``mode`` "labels":
+    cross-entropy; "distill": match the float model). The result keeps its learned scales;
+    ``edgekit export --precision as-trained`` exports them without recalibrating.
+    """
+
+    epochs: int = 2
+    lr: float = 1e-4
+    batch_size: int = 64
+    mode: Literal["labels", "distill"] = "labels"
+    per_channel: bool = True
+    temperature: float = 2.0
+    kind: Literal["qat"] = "qat"
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, f"qat epochs {self.epochs} must be at least 1")
+        _check(self.mode in QAT_MODES, f"qat mode {self.mode!r}: one of {QAT_MODES}")
+        _check(self.lr > 0 and self.batch_size >= 2, "qat lr must be > 0 and batch_size >= 2")
+
+
+Pass = Prune | LowRank | FineTune | Distill | QAT
+PASSES: dict[str, type] = {
+    "prune": Prune,
+    "lowrank": LowRank,
+    "finetune": FineTune,
+    "distill": Distill,
+    "qat": QAT,
+}
 
 
 def to_dict(p: Pass) -> dict[str, Any]:
     """The sidecar form of a pass (a callback is recorded by name only)."""
+    if isinstance(p, Distill):  # asdict would deep-copy an in-memory teacher model
+        return {f.name: getattr(p, f.name) for f in dc_fields(p)} | {
+            "teacher": teacher_name(p.teacher)
+        }
     out = asdict(p)
     if isinstance(p, FineTune):
         out["callback"] = getattr(p.callback, "__qualname__", None) if p.callback else None
     return out
+
+
+def teacher_name(teacher: Any) -> str | None:
+    """A teacher as the sidecar records it: its path, or ``<in-memory NAME>``."""
+    if teacher is None or isinstance(teacher, str):
+        return teacher
+    if hasattr(teacher, "__fspath__"):
+        return str(teacher)
+    return f"<in-memory {getattr(teacher, 'name', None) or type(teacher).__name__}>"
 
 
 def from_dict(d: Mapping[str, Any]) -> Pass:
@@ -146,6 +235,8 @@ def from_dict(d: Mapping[str, Any]) -> Pass:
     if kind == "finetune" and fields.get("callback"):
         raise UsageError("a fine-tune callback cannot be replayed from a sidecar; pass it again")
     fields.pop("callback", None)
+    if kind == "distill" and str(fields.get("teacher") or "").startswith("<in-memory"):
+        raise UsageError("an in-memory teacher cannot be replayed from a sidecar; pass it again")
     if "ignore" in fields:
         fields["ignore"] = tuple(fields["ignore"])
     if fields.get("n_m") is not None:

@@ -33,6 +33,8 @@ PASS_MODULES = {
     "prune": "edgekit.compress.torch_prune",
     "lowrank": "edgekit.compress.torch_lowrank",
     "finetune": "edgekit.compress.torch_finetune",
+    "qat": "edgekit.compress.torch_qat",
+    "distill": "edgekit.compress.torch_distill",
 }
 #: attributes carried on a loaded/compressed module: its feed names and example feed
 _NAMES = "_edgekit_input_names"

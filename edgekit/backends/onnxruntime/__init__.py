@@ -79,7 +79,8 @@ def _io_quantization(model: Any) -> dict[str, dict[str, Any]]:
 CAPABILITIES = Capabilities(
     # Everything with a bridge to ONNX; a .tflite's is tf2onnx (edgekit.intake.tflite_onnx).
     sources=("onnx", "torch", "keras", "savedmodel", "tflite"),
-    precisions=("fp32", "fp16", "int8", "int8-dynamic"),
+    # as-trained: a QAT .pt2 exports to QDQ ONNX with its learned scales (quantize copies it)
+    precisions=("fp32", "fp16", "int8", "int8-dynamic", "as-trained"),
     # An ONNX source's graph states its dynamic dims and every ORT precision keeps them.
     dynamic_sources=("onnx",),
     # Float layers are nodes_to_exclude (int8) or node_block_list (fp16). ORT's QDQ path
@@ -164,6 +165,15 @@ class OnnxRuntimeBackend:
         try:
             if recipe.precision == "fp32":
                 shutil.copyfile(fp32, out)
+            elif recipe.precision == "as-trained":
+                from edgekit.compress.as_trained import facts
+
+                # The conversion of a QAT source is already its QDQ graph: copied unchanged.
+                shutil.copyfile(fp32, out)
+                facts_details, facts_notes = facts(source)
+                details["as_trained"] = facts_details
+                notes += facts_notes
+                details["quantized_ops"] = quantized_ops(onnx.load(str(out)))
             elif recipe.precision == "fp16" and numerics.fp16:
                 # Converting again would round nothing and onnxconverter-common refuses it.
                 if keep:

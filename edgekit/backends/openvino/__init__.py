@@ -72,7 +72,7 @@ _BITS = {"f32": 32, "f16": 16, "bf16": 16, "i64": 64, "i32": 32, "i8": 8, "u8": 
 
 CAPABILITIES = Capabilities(
     sources=tuple(CONVERTERS),
-    precisions=("fp32", "fp16", "int8", "int8-weights", "int4-weights"),
+    precisions=("fp32", "fp16", "int8", "int8-weights", "int4-weights", "as-trained"),
     # The ONNX frontend reads dynamic dims as OpenVINO's own (-1); NNCF quantizes such models.
     dynamic_sources=("onnx",),
     # Float layers are NNCF's IgnoredScope. fp16 takes no rules: the IR stores every weight as
@@ -192,7 +192,19 @@ class OpenVinoBackend:
         scratch = folder / ".work"
         scratch.mkdir()
         try:
-            model = convert_source(source, scratch)
+            from edgekit.compress.as_trained import is_qat
+
+            route = ROUTES[source.format]
+            if not is_qat(source.handle):
+                model = convert_source(source, scratch)
+            else:
+                # A QAT program through its QDQ ONNX: OpenVINO reads each Q/DQ pair as a
+                # FakeQuantize at the trained range (the PyTorch frontend is not checked on
+                # quantized_decomposed ops).
+                onnx_path = scratch / "qat.onnx"
+                source.to_onnx(onnx_path)
+                model = load_openvino().convert_model(str(onnx_path))
+                route = "QDQ ONNX (scales as trained) -> ONNX frontend"
             # Uncompressed: fp16 is a precision of its own, chosen at quantize time.
             save_ir(model, str(folder / "model.xml"), compress_to_fp16=False)
         except ConversionError:
@@ -201,7 +213,7 @@ class OpenVinoBackend:
             raise ConversionError(f"OpenVINO could not save the IR: {error_text(exc)}") from exc
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        return Converted(folder, ["model.xml", "model.bin"], {"route": ROUTES[source.format]})
+        return Converted(folder, ["model.xml", "model.bin"], {"route": route})
 
     def quantize(
         self,
@@ -227,7 +239,12 @@ class OpenVinoBackend:
             details["layer_rules"] = layer_plan.to_json()
         try:
             with quiet():
-                if recipe.precision == "int8":
+                if recipe.precision == "as-trained":
+                    from edgekit.compress.as_trained import facts
+
+                    details["as_trained"], more_notes = facts(source)
+                    notes += more_notes
+                elif recipe.precision == "int8":
                     model, more = quantize_int8(model, recipe, calibration, keep)
                     notes.append(more["scheme"].pop("note"))
                     details["quantization"] = more

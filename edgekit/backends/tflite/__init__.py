@@ -64,7 +64,7 @@ def _calibration_feeds(
     return out
 
 
-_PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic", "int16x8")
+_PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic", "int16x8", "as-trained")
 CAPABILITIES = Capabilities(
     # ONNX goes through onnx2torch and litert-torch (onnx_route.py).
     sources=("keras", "savedmodel", "torch", "onnx", "tflite"),
@@ -286,7 +286,9 @@ class TFLiteBackend:
             notes += _tflite_source_notes(from_tflite, converted, source, recipe, calibration)
         details: dict[str, Any] = {
             "converter": _CONVERTERS.get(source.format, "TFLiteConverter"),
-            "quantizer": None if recipe.precision == "fp32" else "ai-edge-quantizer",
+            "quantizer": None
+            if recipe.precision in ("fp32", "as-trained")
+            else "ai-edge-quantizer",
             "io_map": converted.io_map(),
             "fp32_size_bytes": len(converted.model),
         }
@@ -302,7 +304,13 @@ class TFLiteBackend:
                 if e.get("perm")
             }
         model = converted.model
-        if recipe.precision != "fp32":
+        if recipe.precision == "as-trained":
+            from edgekit.compress.as_trained import facts
+
+            # litert-torch's PT2E path already wrote the integer model at the trained scales.
+            details["as_trained"], more = facts(source)
+            notes += more
+        elif recipe.precision != "fp32":
             layer_plan = resolve(self, fp32, recipe, source)
             if layer_plan:
                 details["layer_rules"] = layer_plan.to_json()
@@ -314,7 +322,7 @@ class TFLiteBackend:
         os.replace(tmp, out)
         validate(out, fresh=True)
 
-        if recipe.precision in ("int8", "int16x8"):
+        if recipe.precision in ("int8", "int16x8", "as-trained"):
             report = ops.analyze(out.read_bytes(), out.name)
             details["ops"] = report.to_json()
             if not report.integer_only:

@@ -175,7 +175,26 @@ def _from_torch(source: SourceModel) -> Converted:
     # unflatten, not .module(): it keeps the module hierarchy, so litert-torch names the ops
     # by their source modules (layer rules match those names, as on the other backends).
     module = torch.export.unflatten(handle) if exported else handle.eval()
+    from edgekit.compress.as_trained import is_qat
+
+    if is_qat(handle):
+        # A QAT program goes in flat: litert-torch matches its quantize/dequantize patterns
+        # on the plain graph (checked), and converts them to int8 tensors at those scales.
+        module = handle.module() if exported else handle
     return _litert(module, source)
+
+
+def _qat_config(source: SourceModel) -> Any:
+    """litert-torch's quant config for a QAT source (its PT2E quantizer's scheme), else None."""
+    from edgekit.compress.as_trained import is_qat
+
+    if not is_qat(source.handle):
+        return None
+    from litert_torch.quantize.quant_config import QuantConfig
+
+    from edgekit.compress.torch_qat import quantizer
+
+    return QuantConfig(pt2e_quantizer=quantizer())
 
 
 def _litert(module: Any, source: SourceModel) -> Converted:
@@ -214,7 +233,7 @@ def _litert(module: Any, source: SourceModel) -> Converted:
         module.training = False
     try:
         with _quiet():
-            edge = litert_torch.convert(module, tuple(args))
+            edge = litert_torch.convert(module, tuple(args), quant_config=_qat_config(source))
             model = edge.model_content()
     except Exception as exc:
         raise ConversionError(f"litert-torch failed: {first_line(exc)}") from exc
