@@ -55,6 +55,9 @@ _TOOL_PACKAGES = {
     "onnxconverter_common": "onnxconverter-common",
     "onnxscript": "onnxscript",
     "numpy": "numpy",
+    "torch_pruning": "torch-pruning",
+    "tensorly": "tensorly",
+    "torchao": "torchao",
 }
 
 
@@ -103,7 +106,8 @@ class ExportReport:
         }
 
 
-def _tool_versions() -> dict[str, str]:
+def tool_versions() -> dict[str, str]:
+    """Versions of the tools this process has loaded (those that made an artifact)."""
     found = {}
     for module, dist in _TOOL_PACKAGES.items():
         if module in sys.modules:
@@ -860,7 +864,7 @@ def _commit(
         "target": plan.target.name,
         "backend": plan.backend.name,
         "recipe": recipe.to_json(),
-        "tools": {**_tool_versions(), **plan.backend.versions()},
+        "tools": {**tool_versions(), **plan.backend.versions()},
         "inputs": [s.to_json() for s in session.inputs],
         "outputs": [s.to_json() for s in session.outputs],
         "artifact": {

@@ -19,7 +19,7 @@ from typing import Any
 
 from edgekit.backends import backend_names, get_backend
 from edgekit.backends.base import Backend, is_remote
-from edgekit.compress.as_trained import check_qat
+from edgekit.compress.as_trained import check_qat, is_qat
 from edgekit.errors import EdgekitError, UsageError
 from edgekit.intake.compression import Numerics, detect, onnx_numerics
 from edgekit.model import detect_format, object_format
@@ -235,10 +235,11 @@ def plan_export(
     numerics = _source_numerics(model, fmt)
     given = [k for k, v in recipe_fields.items() if v is not None]
     recipes, ignored = [], []
+    qat = is_qat(model)
     for wanted in precisions:
         precision = wanted or (base.precision if base else tgt.default_precision)
         _check_precision(precision, backend)
-        check_qat(model, precision)
+        check_qat(qat, precision, model)
         _check_numerics(numerics, fmt, backend, precision, model)
         recipe = (
             (base or Recipe().updated(**tgt.recipe))

@@ -131,7 +131,7 @@ def _output(precision: str, report: Any) -> CellOutput:
         "warnings": report.warnings,
         "artifact": Path(report.artifact).name,
     }
-    gate = report.gate.to_json() if hasattr(report.gate, "to_json") else report.gate
+    gate = report.gate  # the accuracy gate's JSON, when the recipe asked for one
     if gate and gate.get("sensitivity"):
         # the accuracy gate measured each layer alone: the report plots it
         record["sensitivity"] = {

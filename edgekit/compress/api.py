@@ -4,8 +4,7 @@ Framework-agnostic: everything framework-specific goes through the module :data:
 names (imported only when used), which implements the protocol described in
 ``edgekit/compress/torch_model.py``: ``SUFFIX``, ``owns``, ``load``, ``save``, ``run``,
 ``count``, ``apply``, ``input_names``, and optionally ``example(model, given)`` (the feed the
-model is traced at), ``as_module(obj, given)`` (normalize an in-memory object) and
-``tool_versions()``.
+model is traced at), and ``as_module(obj, given)`` (normalize an in-memory object).
 
 Each pass gets a :class:`~edgekit.compress.passes.PassReport`: parameters and MACs, the size of
 the saved model and its deflate size (where unstructured zeros show), the metric (top-1 against
@@ -347,8 +346,8 @@ def compress(
             from edgekit.model import file_digest
 
             source_sha = file_digest(source_path)[0]
-        versions = getattr(fw, "tool_versions", dict)()
         from edgekit import __version__
+        from edgekit.exporter import tool_versions
 
         sidecar: dict[str, Any] = {
             "edgekit": __version__,
@@ -359,7 +358,7 @@ def compress(
             "reports": [asdict(r) for r in reports],
             "metric_name": metric_name,
             "eval": described if held is not None else None,
-            "tool_versions": {"numpy": np.__version__, **versions},
+            "tool_versions": tool_versions(),
             "seconds": round(time.perf_counter() - started, 3),
         }
         path = None

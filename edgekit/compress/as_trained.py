@@ -53,9 +53,9 @@ def is_qat(model: Any) -> bool:
     return is_qat_graph(graph)
 
 
-def check_qat(model: Any, precision: str) -> None:
-    """Plan-time: as-trained needs a QAT model, and a QAT model exports only as-trained."""
-    qat = is_qat(model)
+def check_qat(qat: bool, precision: str, model: Any) -> None:
+    """Plan-time: as-trained needs a QAT model (``qat``: :func:`is_qat` of ``model``, read
+    once for all its precisions), and a QAT model exports only as-trained."""
     what = Path(model).name if isinstance(model, str | Path) else "the model"
     if precision == PRECISION and not qat:
         raise UsageError(

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.compress import keras_model as km
-from edgekit.compress.keras_finetune import _bar
+from edgekit.compress.keras_finetune import _bar, _logits
 from edgekit.compress.passes import CompressData, Distill
 from edgekit.errors import DataError, UsageError
 
@@ -81,7 +81,7 @@ def apply(model: Any, p: Distill, data: CompressData) -> tuple[Any, list[dict], 
     has_labels = labels is not None
 
     def logit(out: Any, probs: bool) -> Any:
-        return tf.math.log(tf.clip_by_value(out, 1e-7, 1.0)) if probs else out
+        return _logits(tf, out, probs)
 
     @tf.function(reduce_retracing=True)
     def step(x: Any, y: Any) -> Any:

@@ -81,6 +81,8 @@ def apply(model: Any, p: FineTune, data: CompressData) -> tuple[Any, list[dict],
         raise DataError("fine-tune mode 'labels' needs training labels (labels=...)")
     if p.mode == "distill" and data.original is None:
         raise UsageError("fine-tune mode 'distill' needs the original model as the teacher")
+    from edgekit.compress.keras_distill import distill_loss
+
     tf = km.tf()
     k = km.keras()
     student = km.copy_model(model)
@@ -110,10 +112,7 @@ def apply(model: Any, p: FineTune, data: CompressData) -> tuple[Any, list[dict],
                 ce = k.losses.sparse_categorical_crossentropy(y, out, from_logits=not probs)
                 loss = tf.reduce_mean(ce)
             else:
-                t = tf.nn.softmax(y / temp)
-                log_s = tf.nn.log_softmax(_logits(tf, out, probs) / temp)
-                kl = tf.reduce_sum(t * (tf.math.log(tf.clip_by_value(t, 1e-12, 1.0)) - log_s), -1)
-                loss = temp * temp * tf.reduce_mean(kl)
+                loss = distill_loss(_logits(tf, out, probs), y, alpha=0.0, temperature=temp)
         variables = student.trainable_variables
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
         return loss

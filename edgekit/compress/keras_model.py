@@ -2,7 +2,7 @@
 
 The driver (:mod:`edgekit.compress.api`) only calls the functions of this module's protocol
 (``owns``, ``load``, ``save``, ``run``, ``count``, ``apply``, ``input_names``, and the optional
-``example``, ``as_module``, ``tool_versions``); the passes live in ``keras_prune``,
+``example``, ``as_module``); the passes live in ``keras_prune``,
 ``keras_lowrank`` and ``keras_finetune``. Also here: the graph helpers the passes share:
 walking a functional model's layer calls in order, and rebuilding a model with some layers
 changed (new config, sliced weights) or replaced by a chain of new layers.
@@ -106,16 +106,6 @@ def example(model: Any, given: Any = None) -> dict[str, np.ndarray]:
 def as_module(obj: Any, given: Any = None) -> Any:
     """An in-memory model as a functional model (a Sequential is re-called on an Input)."""
     return functional(obj)
-
-
-def tool_versions() -> dict[str, str]:
-    import sys
-
-    found: dict[str, str] = {}
-    for mod in ("keras", "tensorflow", "tensorly"):
-        if mod in sys.modules:
-            found[mod] = str(getattr(sys.modules[mod], "__version__", "?"))
-    return found
 
 
 def run(model: Any, feeds: Mapping[str, np.ndarray], batch: int = BATCH) -> list[np.ndarray]:

@@ -57,12 +57,9 @@ def distill_loss(
 
 
 def _logits(out: Any) -> Any:
-    torch = _torch()
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, list | tuple) and out and isinstance(out[0], torch.Tensor):
-        return out[0]
-    raise UsageError(f"distillation needs a tensor output, the model returns {type(out).__name__}")
+    from edgekit.compress.torch_finetune import logits
+
+    return logits(out, "distillation")
 
 
 def _bar(steps: list[Any], desc: str) -> Any:

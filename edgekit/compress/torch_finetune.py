@@ -22,30 +22,29 @@ def _torch() -> Any:
     return require("torch", "torch")
 
 
-def _logits(out: Any) -> Any:
+def logits(out: Any, what: str = "fine-tuning") -> Any:
+    """The first output of a model as a tensor (the one a loss trains)."""
     torch = _torch()
     if isinstance(out, torch.Tensor):
         return out
     if isinstance(out, list | tuple) and out and isinstance(out[0], torch.Tensor):
         return out[0]
-    raise UsageError(f"fine-tuning needs a tensor output, the model returns {type(out).__name__}")
+    raise UsageError(f"{what} needs a tensor output, the model returns {type(out).__name__}")
 
 
 def loss_of(out: Any, *, labels: Any = None, teacher: Any = None, temperature: float) -> Any:
     """Cross-entropy with ``labels``, else temperature-scaled KL to ``teacher``'s outputs."""
     torch = _torch()
     f = torch.nn.functional
-    s = _logits(out)
+    s = logits(out)
     if labels is not None:
         y = torch.as_tensor(np.asarray(labels)).long()
         if s.dim() > 2 and tuple(y.shape) == tuple(s.shape[:-1]):
             s = s.movedim(-1, 1)  # (N, steps, C) sequences: cross_entropy wants classes on 1
         return f.cross_entropy(s, y)
-    t = _logits(teacher).detach()
-    temp = float(temperature)
-    log_s = f.log_softmax(s.reshape(-1, s.shape[-1]) / temp, dim=-1)
-    log_t = f.log_softmax(t.reshape(-1, t.shape[-1]) / temp, dim=-1)
-    return f.kl_div(log_s, log_t, log_target=True, reduction="batchmean") * temp * temp
+    from edgekit.compress.torch_distill import distill_loss
+
+    return distill_loss(s, logits(teacher), alpha=0.0, temperature=temperature)
 
 
 def top1(outputs: list[np.ndarray], reference: np.ndarray) -> float:

@@ -516,11 +516,3 @@ def _deepcopy(model: Any) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         return copy.deepcopy(model)
-
-
-def tool_versions() -> dict[str, str]:
-    found: dict[str, str] = {}
-    for mod in ("torch", "torch_pruning", "tensorly"):
-        if mod in sys.modules:
-            found[mod] = str(getattr(sys.modules[mod], "__version__", "?"))
-    return found

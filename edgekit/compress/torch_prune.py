@@ -131,7 +131,7 @@ def accumulate_gradients(model: Any, data: CompressData, what: str) -> None:
     zero; there the original's own top-1 classes serve as labels (cross-entropy).
     """
     torch = _torch()
-    from edgekit.compress.torch_finetune import _logits, loss_of
+    from edgekit.compress.torch_finetune import logits, loss_of
     from edgekit.compress.torch_model import forward
 
     model.eval()
@@ -145,7 +145,7 @@ def accumulate_gradients(model: Any, data: CompressData, what: str) -> None:
                 raise DataError(f"criterion {what} needs labels or the original model")
             with torch.no_grad():
                 target = forward(teacher.eval(), args)
-            t, s = _logits(target), _logits(out).detach()
+            t, s = logits(target), logits(out).detach()
             if t.shape == s.shape and torch.allclose(t, s, rtol=1e-5, atol=1e-6):
                 labels, target = t.argmax(-1).numpy(), None
         loss = loss_of(out, labels=labels, teacher=target, temperature=1.0)
