@@ -71,6 +71,16 @@ _positive_int = _int_at_least(1)
 _count = _int_at_least(0)
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line on stderr and exit 2, like every other error."""
 
@@ -438,6 +448,9 @@ def _compress_flags(parser: argparse.ArgumentParser, standalone: bool) -> None:
         choices=("labels", "distill"),
         help="QAT loss (default: labels with --labels, else distill)",
     )
+    g.add_argument(
+        "--qat-lr", type=_positive_float, metavar="LR", help="QAT learning rate, default 1e-4"
+    )
 
 
 def _passes(args: argparse.Namespace) -> list[Any]:
@@ -503,9 +516,12 @@ def _passes(args: argparse.Namespace) -> list[Any]:
         from edgekit.compress.passes import QAT
 
         mode = args.qat_mode or ("labels" if args.labels else "distill")
-        passes.append(QAT(epochs=args.qat_epochs or 2, mode=mode))
-    elif args.qat_epochs or args.qat_mode:
-        raise UsageError("--qat-epochs/--qat-mode shape quantization-aware training: add --qat")
+        lr = {"lr": args.qat_lr} if args.qat_lr else {}
+        passes.append(QAT(epochs=args.qat_epochs or 2, mode=mode, **lr))
+    elif args.qat_epochs or args.qat_mode or args.qat_lr:
+        raise UsageError(
+            "--qat-epochs/--qat-mode/--qat-lr shape quantization-aware training: add --qat"
+        )
     return passes
 
 

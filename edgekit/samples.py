@@ -399,6 +399,75 @@ def train_torch_sensitive_cnn(
     return _train_torch(model, key, epochs, 1e-3, 64, seed, cache_dir)
 
 
+# --- A model on which post-training int8 loses and QAT wins it back (issue 13) -------------
+#
+# Cross-layer range imbalance, the failure Nagel et al. describe in "Data-Free Quantization
+# Through Weight Equalization and Bias Correction" (ICCV 2019) for MobileNets: ReLU is
+# positive-homogeneous, relu(s*x) = s*relu(x) for s > 0, so scaling a conv's output channel c by
+# s_c and the next conv's input-channel-c weights by 1/s_c computes exactly the same function
+# while the per-channel ranges spread over decades. Trained networks end up like this on their
+# own (Nagel et al. Fig. 2, MobileNetV2's depthwise layers); here it is made explicitly, by
+# rescaling a well-trained digits CNN, so that its size is known and the float model is the
+# trained one to the last bit of rounding. Int8 suffers twice: the first conv's output is
+# quantized per tensor, so channels scaled down fall below one step; the second conv's weights
+# are quantized per output channel, and within that channel the weights of the channels scaled
+# up are orders of magnitude smaller than the rest, so they round to zero. No backend
+# equalizes ranges by default (ONNX Runtime's QDQ, NNCF's default PTQ, LiteRT), so all three
+# lose. QAT keeps the quantizers in the forward pass and retrains the weights around them.
+
+#: decades spanned by the channel scales of the unbalanced samples (4: from 10^-2 to 10^2)
+UNBALANCE_DECADES = 4.0
+
+
+def channel_scales(channels: int, decades: float = UNBALANCE_DECADES, seed: int = 0) -> np.ndarray:
+    """Deterministic per-channel factors, log-uniform over ``decades`` centred on 1."""
+    rng = np.random.default_rng(seed)
+    return (10.0 ** rng.uniform(-decades / 2, decades / 2, size=channels)).astype(np.float32)
+
+
+def unbalance_torch_cnn(model: Any, decades: float = UNBALANCE_DECADES, seed: int = 0) -> Any:
+    """``model`` (a :func:`torch_cnn`) with its first conv's output channels scaled by
+    :func:`channel_scales` and the second conv's input channels by their inverse: the same
+    function (ReLU between them), ranges spread over ``decades``. Changes ``model`` in place."""
+    torch = require("torch", "torch")
+    first, second = model[0], model[2]
+    s = torch.from_numpy(channel_scales(first.out_channels, decades, seed))
+    with torch.no_grad():
+        first.weight.mul_(s[:, None, None, None])
+        first.bias.mul_(s)
+        second.weight.div_(s[None, :, None, None])
+    return model
+
+
+def train_torch_unbalanced_cnn(
+    decades: float = UNBALANCE_DECADES, seed: int = 0, cache_dir: Path | None = CACHE_DIR
+) -> Any:
+    """:func:`train_torch_cnn` (trained or cached) made range-unbalanced by
+    :func:`unbalance_torch_cnn`; eval mode. At 4 decades post-training int8 drops it from
+    ~98.6 % to 10-15 % on each backend, and two epochs of QAT bring it back to ~94 %
+    (``tools/qat_recovery.py``; at 3 decades int8 loses ~15 points)."""
+    return unbalance_torch_cnn(train_torch_cnn(seed=seed, cache_dir=cache_dir), decades, seed)
+
+
+def unbalance_keras_cnn(model: Any, decades: float = UNBALANCE_DECADES, seed: int = 0) -> Any:
+    """The Keras counterpart of :func:`unbalance_torch_cnn` on a :func:`keras_cnn` (its first
+    two Conv2D layers; kernels are HWIO). Changes ``model`` in place."""
+    keras = require("keras", "tensorflow")
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    first, second = convs[0], convs[1]
+    kernel, bias = (np.asarray(v) for v in first.get_weights())
+    s = channel_scales(kernel.shape[-1], decades, seed)
+    first.set_weights([kernel * s, bias * s])
+    kernel2, bias2 = (np.asarray(v) for v in second.get_weights())
+    second.set_weights([kernel2 / s[None, None, :, None], bias2])
+    return model
+
+
+def train_keras_unbalanced_cnn(decades: float = UNBALANCE_DECADES, seed: int = 0) -> Any:
+    """:func:`train_keras_cnn` made range-unbalanced by :func:`unbalance_keras_cnn`."""
+    return unbalance_keras_cnn(train_keras_cnn(seed=seed), decades, seed)
+
+
 # ---------------------------------------------------------------- the build sample
 
 

@@ -95,6 +95,24 @@ def test_qat_pass_writes_a_quantized_program_and_sidecar(qat_run: dict) -> None:
     assert sum(q["kind"] == "activation" for q in qp) >= 3
     assert sum(q["kind"] == "weight" for q in qp) == 3
     assert (result.path.parent / "net.compress.json").is_file()
+    # 7-bit weights exactly where this machine's int8 kernels saturate (edgekit.cpu)
+    from edgekit.cpu import deployment_isa
+
+    bound = 63 if deployment_isa().saturates else 127
+    assert {q["quant_range"] for q in qp if q["kind"] == "weight"} == {(-bound, bound)}
+
+
+def test_qat_weight_range_follows_the_deployment_isa(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgekit.compress.torch_qat import weight_range
+
+    monkeypatch.setenv("EDGEKIT_CPU_ISA", "x86-avx2")
+    assert weight_range(QAT())[0] is True
+    assert weight_range(QAT(reduce_range=False))[0] is False
+    monkeypatch.setenv("EDGEKIT_CPU_ISA", "x86-vnni")
+    assert weight_range(QAT())[0] is False
+    monkeypatch.setenv("EDGEKIT_CPU_ISA", "arm64")
+    assert weight_range(QAT())[0] is False
+    assert weight_range(QAT(reduce_range=True))[0] is True
 
 
 def test_as_trained_on_a_float_model_is_refused(qat_run: dict) -> None:
@@ -135,15 +153,12 @@ def _out_step(trained: list[dict]) -> float:
     return [q for q in trained if q["kind"] == "activation"][-1]["scale"]
 
 
-def test_onnxruntime_and_openvino_keep_the_trained_scales(qat_run: dict) -> None:
+def _onnx_qparams(artifact: Path) -> tuple[set, list[np.ndarray]]:
+    """An ONNX QDQ graph's per-tensor (scale, zero point) pairs and per-channel weight scales."""
     import onnx
     from onnx import numpy_helper
 
-    path = qat_run["result"].path
-    trained = _trained(path)
-    rep = export(str(path), "onnxruntime", "as-trained", output_dir=qat_run["out"] / "ort")
-    assert "no recalibration: scales as trained" in rep.notes
-    m = onnx.load(str(rep.artifact))
+    m = onnx.load(str(artifact))
     inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
     for n in m.graph.node:
         if n.op_type == "Constant":
@@ -158,11 +173,24 @@ def test_onnxruntime_and_openvino_keep_the_trained_scales(qat_run: dict) -> None
         for n in m.graph.node
         if n.op_type == "DequantizeLinear" and inits[n.input[1]].size > 1
     ]
+    return q_acts, dq_w
+
+
+def _assert_onnx_keeps(trained: list[dict], artifact: Path) -> None:
+    q_acts, dq_w = _onnx_qparams(artifact)
     for q in trained:
         if q["kind"] == "activation":
             assert (np.float32(q["scale"]).item(), q["zero_point"]) in q_acts
         else:
             assert any(np.array_equal(w, q["scale"].astype(np.float32)) for w in dq_w)
+
+
+def test_onnxruntime_and_openvino_keep_the_trained_scales(qat_run: dict) -> None:
+    path = qat_run["result"].path
+    trained = _trained(path)
+    rep = export(str(path), "onnxruntime", "as-trained", output_dir=qat_run["out"] / "ort")
+    assert "no recalibration: scales as trained" in rep.notes
+    _assert_onnx_keeps(trained, rep.artifact)
     from edgekit.backends import get_backend
 
     ref = _fake_quant_outputs(qat_run)
@@ -237,3 +265,34 @@ def test_tflite_is_full_integer_at_the_trained_scales(qat_run: dict) -> None:
     got = np.concatenate([session.run({name: x[None]})[0] for x in qat_run["xte"]])
     # int8 in and out: one step of the output grid, plus one of the input's own rounding
     assert np.abs(got - ref).max() <= 2 * step * 1.01
+
+
+def test_cli_compress_qat_then_export_as_trained(
+    qat_run: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The command-line flow end to end: compress --qat from .npz/.npy files, then export
+    --precision as-trained --json; the artifact holds the scales the CLI's QAT trained."""
+    import json
+
+    from edgekit.cli import main
+
+    out = qat_run["out"] / "cli"
+    out.mkdir()
+    xtr, ytr, _, _ = _digits()
+    np.savez(out / "train.npz", x=xtr[:400])
+    np.save(out / "labels.npy", ytr[:400])
+    argv = ["compress", str(qat_run["src"]), "--qat", "--qat-epochs", "1", "--qat-lr", "1e-3"]
+    argv += ["--data", str(out / "train.npz"), "--labels", str(out / "labels.npy")]
+    assert main([*argv, "-o", str(out / "qat"), "--json", "-q"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    qat_pass = [p for p in doc["passes"] if p["kind"] == "qat"]
+    assert qat_pass and qat_pass[0]["lr"] == 1e-3 and qat_pass[0]["epochs"] == 1
+    model = out / "qat" / "net.pt2"
+    argv = ["export", str(model), "--target", "onnxruntime", "--precision", "as-trained"]
+    assert main([*argv, "-o", str(out / "ort"), "--json", "-q"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert "no recalibration: scales as trained" in rep["notes"]
+    side = json.loads(Path(rep["sidecar"]).read_text())
+    facts = side["backend_details"]["as_trained"]
+    assert facts["recalibrated"] is False and facts["training"]["lr"] == 1e-3
+    _assert_onnx_keeps(_trained(model), Path(rep["artifact"]))

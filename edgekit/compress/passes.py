@@ -188,6 +188,9 @@ class QAT:
     mode: Literal["labels", "distill"] = "labels"
     per_channel: bool = True
     temperature: float = 2.0
+    #: 7-bit weights ([-63, 63]) so x86 int8 kernels without VNNI cannot saturate; None: as the
+    #: deployment CPU needs (edgekit.cpu: this machine's, or EDGEKIT_CPU_ISA)
+    reduce_range: bool | None = None
     kind: Literal["qat"] = "qat"
 
     def __post_init__(self) -> None:

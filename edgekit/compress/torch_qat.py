@@ -12,6 +12,7 @@ them from there (nothing is recalibrated).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -48,8 +49,10 @@ def _patch_litert_pattern_export() -> None:
     utils._edgekit_patched = True
 
 
-def quantizer(per_channel: bool = True, qat: bool = True) -> Any:
-    """litert-torch's PT2E quantizer: the scheme every backend's int8 kernels take."""
+def quantizer(per_channel: bool = True, qat: bool = True, reduce_range: bool = False) -> Any:
+    """litert-torch's PT2E quantizer: the scheme every backend's int8 kernels take.
+    ``reduce_range``: weights on [-63, 63] instead of [-127, 127] (same int8 storage), so that
+    a u8 x s8 pair sum stays under int16's limit on x86 CPUs without VNNI."""
     require("litert_torch", "tflite")
     _patch_litert_pattern_export()
     from litert_torch.quantize.pt2e_quantizer import (
@@ -58,7 +61,31 @@ def quantizer(per_channel: bool = True, qat: bool = True) -> Any:
     )
 
     config = get_symmetric_quantization_config(is_per_channel=per_channel, is_qat=qat)
+    if reduce_range:
+        # The config is lru_cached by litert: replace, never mutate.
+        weight = dataclasses.replace(config.weight, quant_min=-63, quant_max=63)
+        config = dataclasses.replace(config, weight=weight)
     return PT2EQuantizer().set_global(config)
+
+
+def weight_range(p: QAT) -> tuple[bool, str]:
+    """Whether QAT trains 7-bit weights, and the note that says why: the pass's own
+    ``reduce_range``, else the deployment CPU's (an x86 without VNNI saturates 8-bit u8 x s8
+    products in int16 -- ONNX Runtime's kernels there, and QAT's scales would then not be what
+    the artifact computes)."""
+    if p.reduce_range is not None:
+        bits = "7-bit [-63, 63]" if p.reduce_range else "8-bit [-127, 127]"
+        return p.reduce_range, f"{bits} weights (set by the pass)"
+    from edgekit.cpu import deployment_isa
+
+    isa = deployment_isa()
+    if isa.saturates:
+        return True, (
+            f"7-bit [-63, 63] weights for {isa.describe()}: its u8 x s8 kernels add pairs of "
+            "products in int16, which 8-bit weights can saturate (pass reduce_range=False, or "
+            "set EDGEKIT_CPU_ISA, for a device with VNNI or ARM)"
+        )
+    return False, f"8-bit [-127, 127] weights for {isa.describe()}"
 
 
 def _wrapper_class() -> type:
@@ -131,6 +158,7 @@ def trained_qparams(module: Any) -> list[dict[str, Any]]:
                     "scale": np.asarray(value(n.args[1])),
                     "zero_point": np.asarray(value(n.args[2])),
                     "axis": int(n.args[3]),
+                    "quant_range": (int(n.args[4]), int(n.args[5])),
                 }
             )
     return out
@@ -152,6 +180,7 @@ def apply(model: Any, p: QAT, data: CompressData) -> tuple[Any, list[dict[str, A
         raise DataError("QAT needs training data: pass --data (images, .npy or .npz)")
     if p.mode == "labels" and data.train_labels is None:
         raise DataError("QAT mode labels needs labels: pass --labels, or use --qat-mode distill")
+    reduce, range_note = weight_range(p)
     float_model = copy_model(model)
     args = _args(float_model, data.train)
     # Traced at batch 2: torch.export specializes a size-1 dimension, so batch 1 cannot be dynamic.
@@ -161,7 +190,7 @@ def apply(model: Any, p: QAT, data: CompressData) -> tuple[Any, list[dict[str, A
     try:
         # Dynamic batch: a program traced at the example's batch refuses the training batches.
         gm = torch.export.export(float_model.train(), ex_args, dynamic_shapes=shapes).module()
-        prepared = prepare_qat_pt2e(gm, quantizer(p.per_channel))
+        prepared = prepare_qat_pt2e(gm, quantizer(p.per_channel, reduce_range=reduce))
     except Exception as exc:
         raise ConversionError(f"QAT could not prepare the model: {first_line(exc)}") from exc
     teacher = data.original.eval() if data.original is not None else None
@@ -214,5 +243,6 @@ def apply(model: Any, p: QAT, data: CompressData) -> tuple[Any, list[dict[str, A
         f"{sum(q['kind'] == 'activation' for q in qparams)} activation and "
         f"{sum(q['kind'] == 'weight' for q in qparams)} weight scales learned; export with "
         "--precision as-trained (no recalibration)",
+        f"QAT weights: {range_note}",
     ]
     return new, [], notes
