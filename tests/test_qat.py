@@ -103,7 +103,7 @@ def test_qat_pass_writes_a_quantized_program_and_sidecar(qat_run: dict) -> None:
 
 
 def test_qat_weight_range_follows_the_deployment_isa(monkeypatch: pytest.MonkeyPatch) -> None:
-    from edgekit.compress.torch_qat import weight_range
+    from edgekit.compress.passes import qat_weight_range as weight_range
 
     monkeypatch.setenv("EDGEKIT_CPU_ISA", "x86-avx2")
     assert weight_range(QAT())[0] is True

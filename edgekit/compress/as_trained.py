@@ -2,9 +2,10 @@
 
 What every backend and the plan stage share about it, without importing a framework: whether a
 source is a QAT model (read from the file's structure: a ``.pt2`` whose program holds PT2E
-``quantized_decomposed`` ops), the plan-time refusals (as-trained on a float model; another
-precision on a QAT model, which would quantize its learned int8 grid a second time), and the
-sidecar facts (the training recipe and final metric from ``OUT/<name>.compress.json``).
+``quantized_decomposed`` ops, a ``.keras`` whose config holds edgekit's fake-quant layers),
+the plan-time refusals (as-trained on a float model; another precision on a QAT model, which
+would quantize its learned int8 grid a second time), and the sidecar facts (the training recipe
+and final metric from ``OUT/<name>.compress.json``).
 """
 
 from __future__ import annotations
@@ -19,24 +20,31 @@ from edgekit.errors import UsageError
 
 PRECISION = "as-trained"
 NOTE = "no recalibration: scales as trained"
-_MARK = b"quantized_decomposed"
+#: what a QAT model's saved structure holds: a .pt2's PT2E quantize ops; a .keras config's
+#: edgekit fake-quant layer (registered as ``edgekit>FakeQuant``)
+_MARKS = {".pt2": b"quantized_decomposed", ".keras": b'"edgekit>FakeQuant"'}
 
 
 def is_qat(model: Any) -> bool:
     """A path or in-memory model that carries trained quantization (edgekit compress --qat)."""
     if isinstance(model, str | Path):
         path = Path(model)
-        if path.suffix.lower() != ".pt2" or not path.is_file():
+        suffix = path.suffix.lower()
+        if suffix not in _MARKS or not path.is_file():
             return False
         try:
             with zipfile.ZipFile(path) as zf:
                 return any(
-                    _MARK in zf.read(info)
+                    _MARKS[suffix] in zf.read(info)
                     for info in zf.infolist()
                     if info.filename.endswith(".json") and info.file_size < 64 << 20
                 )
         except (OSError, zipfile.BadZipFile):
             return False  # the load stage says what is wrong with the file
+    if "keras" in sys.modules and hasattr(model, "layers"):
+        from edgekit.compress.keras_qat import is_qat_model
+
+        return is_qat_model(model)
     if "torch" not in sys.modules:
         return False
     torch = sys.modules["torch"]

@@ -83,7 +83,9 @@ def apply(model: Any, p: Distill, data: CompressData) -> tuple[Any, list[dict], 
     def logit(out: Any, probs: bool) -> Any:
         return _logits(tf, out, probs)
 
-    @tf.function(reduce_retracing=True)
+    # No AutoGraph: the step branches in Python only, and AutoGraph would try (and warn) to
+    # convert every helper it calls, down to edgekit's lazy TensorFlow import.
+    @tf.function(reduce_retracing=True, autograph=False)
     def step(x: Any, y: Any) -> Any:
         with tf.GradientTape(persistent=True) as tape:
             s = logit(km.flat(student(x, training=True))[0], s_probs)

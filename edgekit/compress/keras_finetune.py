@@ -65,6 +65,72 @@ def _logits(tf: Any, out: Any, probs: bool) -> Any:
     return tf.math.log(tf.clip_by_value(out, 1e-7, 1.0)) if probs else out
 
 
+def trainer(
+    student: Any, ref: Any, data: CompressData, mode: str, lr: float, temperature: float
+) -> tuple[Any, dict[str, np.ndarray], np.ndarray]:
+    """The traced training step of ``student`` (Adam at ``lr``) on ``data.train``, with the
+    training feeds and the per-sample targets it takes: the labels (``mode`` "labels": sparse
+    cross-entropy) or ``ref``'s outputs as logits (else: ``T^2``-scaled KL at
+    ``temperature``). Fine-tuning and Keras QAT train with it."""
+    from edgekit.compress.keras_distill import distill_loss
+
+    tf = km.tf()
+    k = km.keras()
+    train = {n: np.asarray(v) for n, v in data.train.items()}
+    probs = km.outputs_are_probabilities(_first(km.run(ref, next(km.batches(train, 64)))))
+    if mode == "labels":
+        target = np.asarray(data.train_labels)
+    else:  # the teacher's outputs once, as logits at temperature T
+        target = np.asarray(_first(km.run(ref, train)), np.float32)
+        if probs:
+            target = np.log(np.clip(target, 1e-7, 1.0))
+    optimizer = k.optimizers.Adam(lr)
+    # the optimizer's slots must exist before the traced step runs (tf.function creates no
+    # variables after its first trace)
+    optimizer.build(student.trainable_variables)
+    temp = float(temperature)
+
+    # No AutoGraph: the step branches in Python only, and AutoGraph would try (and warn) to
+    # convert every helper it calls, down to edgekit's lazy TensorFlow import.
+    @tf.function(reduce_retracing=True, autograph=False)
+    def step(x: Any, y: Any) -> Any:
+        with tf.GradientTape() as tape:
+            out = km.flat(student(x, training=True))[0]
+            if mode == "labels":
+                ce = k.losses.sparse_categorical_crossentropy(y, out, from_logits=not probs)
+                loss = tf.reduce_mean(ce)
+            else:
+                loss = distill_loss(_logits(tf, out, probs), y, alpha=0.0, temperature=temp)
+        variables = student.trainable_variables
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
+        return loss
+
+    return step, train, target
+
+
+def run_epoch(
+    step: Any,
+    student: Any,
+    train: dict[str, np.ndarray],
+    target: np.ndarray,
+    batch_size: int,
+    rng: np.random.Generator,
+    desc: str,
+) -> float:
+    """One shuffled pass of ``step`` over the data; the mean batch loss. A last batch of one
+    sample is skipped: BatchNorm's batch statistics need two."""
+    n = len(target)
+    order = rng.permutation(n)
+    losses = []
+    for i in _bar((n + batch_size - 1) // batch_size, desc):
+        idx = order[i * batch_size : (i + 1) * batch_size]
+        if len(idx) < 2:
+            continue
+        x = km.model_args(student, {k_: v[idx] for k_, v in train.items()})
+        losses.append(float(step(x, target[idx])))
+    return float(np.mean(losses)) if losses else float("nan")
+
+
 def apply(model: Any, p: FineTune, data: CompressData) -> tuple[Any, list[dict], list[str]]:
     notes: list[str] = []
     if p.mode == "callback":
@@ -81,59 +147,24 @@ def apply(model: Any, p: FineTune, data: CompressData) -> tuple[Any, list[dict],
         raise DataError("fine-tune mode 'labels' needs training labels (labels=...)")
     if p.mode == "distill" and data.original is None:
         raise UsageError("fine-tune mode 'distill' needs the original model as the teacher")
-    from edgekit.compress.keras_distill import distill_loss
-
-    tf = km.tf()
-    k = km.keras()
     student = km.copy_model(model)
     if len(student.outputs) > 1:
         notes.append("the model has several outputs: fine-tuning trains the first one only")
-    train = {n: np.asarray(v) for n, v in data.train.items()}
-    n = len(next(iter(train.values())))
     ref = data.original if data.original is not None else model
-    probs = km.outputs_are_probabilities(_first(km.run(ref, next(km.batches(train, 64)))))
-    if p.mode == "labels":
-        target = np.asarray(data.train_labels)
-    else:  # the teacher's outputs once, as logits at temperature T
-        target = np.asarray(_first(km.run(data.original, train)), np.float32)
-        if probs:
-            target = np.log(np.clip(target, 1e-7, 1.0))
-    optimizer = k.optimizers.Adam(p.lr)
-    # the optimizer's slots must exist before the traced step runs (tf.function creates no
-    # variables after its first trace)
-    optimizer.build(student.trainable_variables)
-    temp = float(p.temperature)
-
-    @tf.function(reduce_retracing=True)
-    def step(x: Any, y: Any) -> Any:
-        with tf.GradientTape() as tape:
-            out = km.flat(student(x, training=True))[0]
-            if p.mode == "labels":
-                ce = k.losses.sparse_categorical_crossentropy(y, out, from_logits=not probs)
-                loss = tf.reduce_mean(ce)
-            else:
-                loss = distill_loss(_logits(tf, out, probs), y, alpha=0.0, temperature=temp)
-        variables = student.trainable_variables
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
-        return loss
-
+    step, train, target = trainer(student, ref, data, p.mode, p.lr, p.temperature)
     name, goal, start = metric(model, data)
     # the best state seen (the input counts as epoch 0): an epoch that makes the metric worse,
     # which a deep chain of low-rank factors can do at the first epochs, is not handed on
     best_value, best_epoch, best_weights = start, 0, student.get_weights()
     rng = np.random.default_rng(0)
-    steps = (n + p.batch_size - 1) // p.batch_size
     value = None
     for epoch in range(1, p.epochs + 1):
-        order = rng.permutation(n)
-        losses = []
-        for i in _bar(steps, f"fine-tune epoch {epoch}/{p.epochs}"):
-            idx = order[i * p.batch_size : (i + 1) * p.batch_size]
-            x = km.model_args(student, {k_: v[idx] for k_, v in train.items()})
-            losses.append(float(step(x, target[idx])))
+        loss = run_epoch(
+            step, student, train, target, p.batch_size, rng, f"fine-tune epoch {epoch}/{p.epochs}"
+        )
         _, _, value = metric(student, data)
         shown = f"{name} {value:.4f}" if value is not None else "no metric"
-        notes.append(f"epoch {epoch}: loss {np.mean(losses):.4f}, {shown}")
+        notes.append(f"epoch {epoch}: loss {loss:.4f}, {shown}")
         if value is not None and best_value is not None and value > best_value:
             best_value, best_epoch, best_weights = value, epoch, student.get_weights()
         if value is not None and goal is not None and goal - value <= p.tolerance:

@@ -199,6 +199,26 @@ class QAT:
         _check(self.lr > 0 and self.batch_size >= 2, "qat lr must be > 0 and batch_size >= 2")
 
 
+def qat_weight_range(p: QAT) -> tuple[bool, str]:
+    """Whether QAT trains 7-bit weights, and the note that says why: the pass's own
+    ``reduce_range``, else the deployment CPU's (an x86 without VNNI saturates 8-bit u8 x s8
+    products in int16 -- ONNX Runtime's kernels there, and QAT's scales would then not be what
+    the artifact computes). Both frameworks' QAT passes ask this."""
+    if p.reduce_range is not None:
+        bits = "7-bit [-63, 63]" if p.reduce_range else "8-bit [-127, 127]"
+        return p.reduce_range, f"{bits} weights (set by the pass)"
+    from edgekit.cpu import deployment_isa
+
+    isa = deployment_isa()
+    if isa.saturates:
+        return True, (
+            f"7-bit [-63, 63] weights for {isa.describe()}: its u8 x s8 kernels add pairs of "
+            "products in int16, which 8-bit weights can saturate (pass reduce_range=False, or "
+            "set EDGEKIT_CPU_ISA, for a device with VNNI or ARM)"
+        )
+    return False, f"8-bit [-127, 127] weights for {isa.describe()}"
+
+
 Pass = Prune | LowRank | FineTune | Distill | QAT
 PASSES: dict[str, type] = {
     "prune": Prune,

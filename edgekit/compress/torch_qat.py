@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.compress.passes import QAT, CompressData
+from edgekit.compress.passes import QAT, CompressData, qat_weight_range
 from edgekit.errors import ConversionError, DataError, first_line, require
 
 #: the quantized_decomposed ops whose presence marks a PT2E-quantized (QAT) program
@@ -66,26 +66,6 @@ def quantizer(per_channel: bool = True, qat: bool = True, reduce_range: bool = F
         weight = dataclasses.replace(config.weight, quant_min=-63, quant_max=63)
         config = dataclasses.replace(config, weight=weight)
     return PT2EQuantizer().set_global(config)
-
-
-def weight_range(p: QAT) -> tuple[bool, str]:
-    """Whether QAT trains 7-bit weights, and the note that says why: the pass's own
-    ``reduce_range``, else the deployment CPU's (an x86 without VNNI saturates 8-bit u8 x s8
-    products in int16 -- ONNX Runtime's kernels there, and QAT's scales would then not be what
-    the artifact computes)."""
-    if p.reduce_range is not None:
-        bits = "7-bit [-63, 63]" if p.reduce_range else "8-bit [-127, 127]"
-        return p.reduce_range, f"{bits} weights (set by the pass)"
-    from edgekit.cpu import deployment_isa
-
-    isa = deployment_isa()
-    if isa.saturates:
-        return True, (
-            f"7-bit [-63, 63] weights for {isa.describe()}: its u8 x s8 kernels add pairs of "
-            "products in int16, which 8-bit weights can saturate (pass reduce_range=False, or "
-            "set EDGEKIT_CPU_ISA, for a device with VNNI or ARM)"
-        )
-    return False, f"8-bit [-127, 127] weights for {isa.describe()}"
 
 
 def _wrapper_class() -> type:
@@ -180,7 +160,7 @@ def apply(model: Any, p: QAT, data: CompressData) -> tuple[Any, list[dict[str, A
         raise DataError("QAT needs training data: pass --data (images, .npy or .npz)")
     if p.mode == "labels" and data.train_labels is None:
         raise DataError("QAT mode labels needs labels: pass --labels, or use --qat-mode distill")
-    reduce, range_note = weight_range(p)
+    reduce, range_note = qat_weight_range(p)
     float_model = copy_model(model)
     args = _args(float_model, data.train)
     # Traced at batch 2: torch.export specializes a size-1 dimension, so batch 1 cannot be dynamic.

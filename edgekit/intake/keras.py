@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.compress import keras_qat
 from edgekit.errors import ConversionError, ModelFormatError, UsageError, first_line, require
 from edgekit.intake import savedmodel_scan
 from edgekit.intake.archive import check_zip
@@ -43,6 +44,8 @@ def _load_keras(path: Path) -> Any:
     keras = _keras()
     if path.suffix.lower() == ".keras":
         check_zip(path)
+    # edgekit's QAT layers (registered serializables) must be known before a QAT model loads.
+    keras_qat.classes()
     try:
         return keras.saving.load_model(str(path), compile=False, safe_mode=True)
     except ValueError as exc:
@@ -93,11 +96,15 @@ def _build(
         return [np.asarray(v) for v in output_list(outs)]
 
     probe = run({s.name: np.zeros(s.shape, dtype=s.dtype) for s in inputs})
+    made: list[SourceModel] = []
     outputs = [
         TensorSpec(n, a.dtype.name, tuple(a.shape)) for n, a in zip(out_names, probe, strict=True)
     ]
 
     def to_onnx(dst: Path) -> None:
+        if fmt == "keras" and keras_qat.is_qat_model(handle):
+            keras_qat.to_onnx(made[0], dst)
+            return
         tf2onnx = require("tf2onnx", "tensorflow")
         spec = [tf.TensorSpec(s.shape, s.dtype, name=s.name) for s in inputs]
 
@@ -115,7 +122,7 @@ def _build(
                 f"tf2onnx could not convert the model: {first_line(exc)}"
             ) from exc
 
-    return SourceModel(
+    source = SourceModel(
         format=fmt,
         inputs=inputs,
         outputs=outputs,
@@ -124,6 +131,8 @@ def _build(
         to_onnx=to_onnx,
         notes=notes,
     )
+    made.append(source)  # a QAT model's ONNX is made from its TFLite conversion of this source
+    return source
 
 
 def _from_keras(model: Any, overrides: Mapping[str, Sequence[int]]) -> SourceModel:

@@ -100,6 +100,10 @@ def _from_tensorflow(source: SourceModel, workdir: Path) -> Converted:
             converter = tf.lite.TFLiteConverter.from_concrete_functions(
                 [serve.get_concrete_function()], keep
             )
+            if _keras_qat(source):
+                # Its fake-quant ops are the quantization: with no representative dataset the
+                # converter writes full-integer ops at exactly the trained ranges.
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]
             model = converter.convert()
     except ConversionError:
         raise
@@ -123,6 +127,12 @@ def _keras_callable(model: Any, specs: list[Any], saved: Path) -> tuple[Any, Any
         return output_list(endpoint(args[0] if len(args) == 1 else args))
 
     return call, loaded
+
+
+def _keras_qat(source: SourceModel) -> bool:
+    from edgekit.compress.as_trained import is_qat
+
+    return source.format == "keras" and is_qat(source.handle)
 
 
 def _savedmodel_callable(loaded: Any, names: list[str]) -> tuple[Any, Any]:
