@@ -308,3 +308,52 @@ def test_layers_qat_cannot_train_quantized_are_refused(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="separable_conv2d"):
         compress(model, [QAT(epochs=1, mode="distill")], data=data, output_dir=tmp_path / "q")
     assert not (tmp_path / "q").exists() or not any((tmp_path / "q").iterdir())
+
+
+def test_residual_relu6_softmax_model_exports_full_integer(tmp_path: Path) -> None:
+    """The MobileNet pieces: ReLU6, a residual Add, global average pooling and a Dense with a
+    fused softmax. TFLite's int8 SOFTMAX always writes scale 1/256, zero point -128, so QAT
+    trains on that grid (no requantize after the op), and the artifacts compute the QAT model
+    on every backend."""
+    layers = keras.layers
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16, 16, 1), name="image")
+    x = layers.ReLU(6.0)(layers.BatchNormalization()(layers.Conv2D(8, 3, padding="same")(inp)))
+    y = layers.ReLU(6.0)(layers.BatchNormalization()(layers.Conv2D(8, 3, padding="same")(x)))
+    x = layers.GlobalAveragePooling2D()(layers.Add()([x, y]))
+    model = keras.Model(inp, layers.Dense(10, activation="softmax")(x))
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+    xtr, ytr, xte, _ = _digits()
+    model.fit(xtr, ytr, epochs=2, batch_size=64, verbose=0)
+    result = compress(
+        model,
+        [QAT(epochs=1, mode="labels", lr=1e-3)],
+        data=xtr[:400],
+        labels=ytr[:400],
+        output_dir=tmp_path / "qat",
+    )
+    from edgekit.backends.tflite import ops
+    from edgekit.compress import keras_model as km
+
+    ref = km.run(result.model, {"image": xte[:32]}, batch=1)[0]
+    rep = export(str(result.path), "tflite", "as-trained", output_dir=tmp_path / "t")
+    report = ops.analyze(rep.artifact.read_bytes(), rep.artifact.name)
+    assert report.integer_only
+    from ai_edge_litert.interpreter import Interpreter
+
+    details = Interpreter(model_path=str(rep.artifact)).get_tensor_details()
+    soft = [d for d in details if d["name"].endswith("Softmax") and d["dtype"] == np.int8]
+    assert soft and soft[0]["quantization_parameters"]["scales"][0] == np.float32(1 / 256)
+    assert int(soft[0]["quantization_parameters"]["zero_points"][0]) == -128
+    # one step of the softmax's 1/256 grid (its int8 exp table against the float softmax)
+    for backend, artifact in [
+        ("tflite", rep.artifact),
+        (
+            "onnxruntime",
+            export(
+                str(result.path), "onnxruntime", "as-trained", output_dir=tmp_path / "o"
+            ).artifact,
+        ),
+    ]:
+        got = _artifact_outputs(backend, artifact, xte[:32])
+        assert np.abs(got - ref).max() <= 1 / 256 + 1e-6, backend

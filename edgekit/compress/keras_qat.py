@@ -29,6 +29,7 @@ and loads in safe mode.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,14 @@ _KEEPS_RANGE = {
     "Identity",
 }
 _RELU = ("relu", "relu6")
+#: activations whose int8 TFLite kernels have a fixed output grid (scale 1/256 from 0, or
+#: 1/128 around 0): QAT trains on that grid instead of learning a range the converter would
+#: requantize to after the op
+FIXED_RANGES = {
+    "softmax": (0.0, 255 / 256),
+    "sigmoid": (0.0, 255 / 256),
+    "tanh": (-1.0, 127 / 128),
+}
 
 
 def _registered(cls: type) -> type:
@@ -103,9 +112,13 @@ def classes() -> dict[str, type]:
         """int8 asymmetric per-tensor fake quantization of an activation; the range is a
         moving average of the batch min/max while training and frozen otherwise."""
 
-        def __init__(self, ema: float = EMA, **kwargs: Any) -> None:
+        def __init__(
+            self, ema: float = EMA, fixed: Sequence[float] | None = None, **kwargs: Any
+        ) -> None:
             super().__init__(**kwargs)
             self.ema = float(ema)
+            #: a range the integer kernel dictates (TFLite's softmax/logistic/tanh outputs)
+            self.fixed = None if fixed is None else (float(fixed[0]), float(fixed[1]))
 
         def build(self, input_shape: Any) -> None:
             zero = k.initializers.Constant(0.0)
@@ -116,9 +129,13 @@ def classes() -> dict[str, type]:
                 shape=(), initializer=zero, trainable=False, name="range_max"
             )
             self.seen = self.add_weight(shape=(), initializer=zero, trainable=False, name="seen")
+            if self.fixed is not None:
+                self.range_min.assign(self.fixed[0])
+                self.range_max.assign(self.fixed[1])
+                self.seen.assign(1.0)
 
         def call(self, x: Any, training: bool | None = None) -> Any:
-            if training:
+            if training and self.fixed is None:
                 lo, hi = tf.reduce_min(x), tf.reduce_max(x)
                 old = self.seen * self.ema  # the first batch sets the range
                 self.range_min.assign(old * self.range_min + (1.0 - old) * lo)
@@ -129,7 +146,7 @@ def classes() -> dict[str, type]:
             return tf.quantization.fake_quant_with_min_max_vars(x, lo, hi, num_bits=8)
 
         def get_config(self) -> dict[str, Any]:
-            return {**super().get_config(), "ema": self.ema}
+            return {**super().get_config(), "ema": self.ema, "fixed": self.fixed}
 
     class QConv2D(k.layers.Conv2D):
         """Conv2D whose kernel (kh, kw, in, out) is fake-quantized per output channel."""
@@ -259,6 +276,22 @@ def _is_relu(layer: Any) -> bool:
     return False
 
 
+def _activation_name(layer: Any, split_off: dict[str, Any]) -> str:
+    """The activation whose output ``layer``'s call ends in: an Activation / Softmax layer's,
+    or a weighted layer's split-off one (by name; "" when none or not a built-in)."""
+    if layer is None:
+        return ""
+    kind = type(layer).__name__
+    if kind == "Softmax":
+        return "softmax"
+    fn = split_off.get(layer.name) if kind in _WEIGHTED else None
+    if kind == "Activation":
+        fn = layer.get_config().get("activation")
+    if isinstance(fn, str):
+        return fn
+    return getattr(fn, "__name__", "") if fn is not None else ""
+
+
 def _linear(layer: Any) -> bool:
     return layer.get_config().get("activation", "linear") == "linear"
 
@@ -358,12 +391,19 @@ def rewrite(model: Any, reduce_range: bool) -> tuple[Any, list[dict[str, Any]]]:
     inputs_fq: dict[int, Any] = {}
     done: set[str] = set()
 
+    # a fused activation other than ReLU (softmax, sigmoid, ...) is split off: the converter
+    # quantizes such an op only with ranges on both its sides
+    split_off: dict[str, Any] = {}
+
     def clone(layer: Any) -> Any:
         cfg = layer.get_config()
         name = type(layer).__name__
         if name in _WEIGHTED:
             if layer.name in folded_into:
                 cfg["use_bias"] = True
+            if cfg.get("activation", "linear") not in ("linear", *_RELU):
+                split_off[layer.name] = layer.activation
+                cfg["activation"] = "linear"
             return cls[_WEIGHTED[name]].from_config({**cfg, "reduce_range": reduce_range})
         return type(layer).from_config(cfg)
 
@@ -386,24 +426,25 @@ def rewrite(model: Any, reduce_range: bool) -> tuple[Any, list[dict[str, Any]]]:
         if src is not None and src.name in folds:
             return args[0]  # folded into the layer before it
         out = layer(*args, **kwargs)
+        name = type(src).__name__ if src is not None else ""
         if src is not None and src.name not in done:
             done.add(src.name)
             if src.name in folded_into:
                 layer.set_weights(_folded(src, originals[folded_into[src.name]]))
-                changes.append(
-                    {
-                        "layer": src.name,
-                        "change": f"{folded_into[src.name]} folded; weights fake-quantized",
-                    }
-                )
-            elif src.get_weights():
+                change = f"{folded_into[src.name]} folded; weights fake-quantized"
+            else:
                 layer.set_weights([np.array(w) for w in src.get_weights()])
-        name = type(src).__name__ if src is not None else ""
+                change = "weights fake-quantized"
+            if name in _WEIGHTED:
+                changes.append({"layer": src.name, "change": change})
+        base = src.name if src is not None else "op"
+        if src is not None and src.name in split_off:
+            out = cls["FakeQuant"](name=f"{base}_linear_fq")(out)
+            out = k.layers.Activation(split_off[src.name], name=f"{base}_activation")(out)
         if name in _KEEPS_RANGE or (src is not None and src.name in relu_after):
             return out
-        if name in _WEIGHTED and src.name not in folded_into:
-            changes.append({"layer": src.name, "change": "weights fake-quantized"})
-        return cls["FakeQuant"](name=f"{src.name if src is not None else 'op'}_fq")(out)
+        fixed = FIXED_RANGES.get(_activation_name(src, split_off))
+        return cls["FakeQuant"](name=f"{base}_fq", fixed=fixed)(out)
 
     try:
         new = k.models.clone_model(model, clone_function=clone, call_function=call)
