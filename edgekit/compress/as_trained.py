@@ -44,7 +44,9 @@ def is_qat(model: Any) -> bool:
     if "keras" in sys.modules and hasattr(model, "layers"):
         from edgekit.compress.keras_qat import is_qat_model
 
-        return is_qat_model(model)
+        # not a return on False: a torch module may have a ``layers`` attribute too
+        if is_qat_model(model):
+            return True
     if "torch" not in sys.modules:
         return False
     torch = sys.modules["torch"]
